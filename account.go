@@ -1,0 +1,143 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/acmetls/acmetls/storage"
+)
+
+// ErrTermsNotAgreed is returned when the CA has terms of service and
+// [Manager.AgreeToTerms] is false. The error names the terms' URL.
+var ErrTermsNotAgreed = errors.New("acmetls: the CA's terms of service must be agreed to (set Manager.AgreeToTerms)")
+
+// getAccount returns the ACME account for the Manager's CA and email: from
+// memory, else from storage, else registered with the CA once for every
+// process sharing the storage.
+func (m *Manager) getAccount(ctx context.Context) (*acme.Account, error) {
+	m.mu.RLock()
+	a := m.account
+	m.mu.RUnlock()
+	if a != nil {
+		return a, nil
+	}
+	a, err := m.accounts.Do(ctx, "account", func(ctx context.Context) (*acme.Account, error) {
+		return m.loadOrCreateAccount(ctx)
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.account = a
+	m.mu.Unlock()
+	return a, nil
+}
+
+func (m *Manager) loadOrCreateAccount(ctx context.Context) (*acme.Account, error) {
+	key := storage.AccountKey(m.ca(), m.Email)
+	if a, err := m.loadAccount(ctx, key); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return a, err
+	}
+	lock := storage.AccountLockName(m.ca(), m.Email)
+	if err := m.store.Lock(ctx, lock); err != nil {
+		return nil, fmt.Errorf("acmetls: locking account: %w", err)
+	}
+	defer m.unlock(lock)
+	// Another process may have registered while we waited for the lock.
+	if a, err := m.loadAccount(ctx, key); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return a, err
+	}
+	return m.createAccount(ctx, key)
+}
+
+// loadAccount reads an account record. A missing one is fs.ErrNotExist.
+func (m *Manager) loadAccount(ctx context.Context, key string) (*acme.Account, error) {
+	b, err := m.store.Load(ctx, key)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("acmetls: loading account %s: %w", key, err)
+	}
+	rec, err := storage.ParseAccountRecord(b)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: account %s: %w", key, err)
+	}
+	priv, err := decodeKey(rec.KeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: account %s: %w", key, err)
+	}
+	return &acme.Account{
+		Status:               acme.StatusValid,
+		Contact:              rec.Contact,
+		TermsOfServiceAgreed: rec.TermsOfService != "",
+		Location:             rec.Location,
+		PrivateKey:           priv,
+	}, nil
+}
+
+func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account, error) {
+	dir, err := m.client.GetDirectory(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: reading the CA's directory %s: %w", m.ca(), err)
+	}
+	var terms string
+	if dir.Meta != nil {
+		terms = dir.Meta.TermsOfService
+	}
+	if terms != "" && !m.AgreeToTerms {
+		return nil, fmt.Errorf("%w: %s", ErrTermsNotAgreed, terms)
+	}
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	a := acme.Account{TermsOfServiceAgreed: m.AgreeToTerms, PrivateKey: priv}
+	if m.Email != "" {
+		a.Contact = []string{"mailto:" + m.Email}
+	}
+	a, err = m.client.NewAccount(ctx, a)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: registering account with %s: %w", m.ca(), err)
+	}
+	keyPEM, err := encodeKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	rec := storage.AccountRecord{
+		CA:             m.ca(),
+		Contact:        a.Contact,
+		Location:       a.Location,
+		KeyPEM:         keyPEM,
+		TermsOfService: terms,
+		Created:        time.Now().UTC(),
+	}
+	b, err := rec.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.store.Store(ctx, key, b); err != nil {
+		return nil, fmt.Errorf("acmetls: storing account: %w", err)
+	}
+	m.logger().Named("account").Info("registered ACME account",
+		zap.String("ca", m.ca()), zap.String("account", a.Location))
+	return &a, nil
+}
+
+// unlock releases a storage lock even when the work's context has ended.
+func (m *Manager) unlock(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.store.Unlock(ctx, name); err != nil {
+		m.logger().Error("releasing storage lock", zap.String("lock", name), zap.Error(err))
+	}
+}

@@ -1,0 +1,326 @@
+// Package acmetls terminates TLS with certificates it obtains and renews
+// from an ACME CA such as Let's Encrypt.
+//
+// The common case is a server that knows its names:
+//
+//	m := &acmetls.Manager{
+//		Email:        "ops@example.com",
+//		AgreeToTerms: true,
+//	}
+//	if err := m.ManageSync(ctx, "example.com", "www.example.com"); err != nil {
+//		log.Fatal(err)
+//	}
+//	srv := &http.Server{Addr: ":443", TLSConfig: m.TLSConfig(), Handler: h}
+//	go http.ListenAndServe(":80", m.HTTPHandler(nil))
+//	log.Fatal(srv.ListenAndServeTLS("", ""))
+//
+// A Manager serves certificates already in its [storage.Storage] first: a
+// restarted process, or a new frontend sharing the storage, never orders a
+// certificate that storage holds. It keeps one certificate per configured
+// [KeyType] for every name, an ECDSA one and an RSA one by default, and
+// gives each client the one it supports, ECDSA first.
+//
+// Names it was not told about are refused unless [Manager.OnDemand] allows
+// them; then the first handshake for such a name obtains its certificate.
+package acmetls
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/acmetls/acmetls/internal/inflight"
+	"github.com/acmetls/acmetls/storage"
+)
+
+// LetsEncryptURL is the directory URL of Let's Encrypt's production CA, the
+// default [Manager.CA].
+const LetsEncryptURL = "https://acme-v02.api.letsencrypt.org/directory"
+
+// DefaultCacheCapacity is the number of names a Manager keeps in memory
+// when [Manager.CacheCapacity] is zero.
+const DefaultCacheCapacity = 100_000
+
+// Manager obtains, stores, caches and serves certificates. Its zero value
+// is usable: it talks to Let's Encrypt, keeps its state in the user's data
+// directory, issues ECDSA P-256 and RSA 2048 certificates, and serves only
+// the names given to [Manager.ManageSync].
+//
+// Set the fields before first use and do not modify them after.
+type Manager struct {
+	// CA is the ACME directory URL. Default: [LetsEncryptURL].
+	CA string
+	// Email is the contact address of the ACME account, optional.
+	Email string
+	// AgreeToTerms agrees to the CA's terms of service, whose URL the CA's
+	// directory gives. Without it, creating an account with a CA that has
+	// terms fails with an error naming them.
+	AgreeToTerms bool
+	// RootCAs are the roots trusted when talking to the CA; nil means the
+	// system's. Set it to trust a private CA.
+	RootCAs *x509.CertPool
+	// HTTPClient talks to the CA. Default: a client with timeouts that
+	// trusts RootCAs.
+	HTTPClient *http.Client
+	// PreferredChain, when the CA offers several chains, picks the first
+	// whose root or any issuer has this common name. Default: the CA's
+	// default chain.
+	PreferredChain string
+
+	// Storage holds accounts, certificates and shared challenge answers.
+	// Processes sharing a Storage share certificates and take turns to
+	// order them. Default: certmagic.FileStorage in the user's data
+	// directory.
+	Storage storage.Storage
+	// KeyTypes are the certificate key types obtained for every name, at
+	// most one ECDSA and one RSA type. Default: ECDSA P-256 and RSA 2048.
+	KeyTypes []KeyType
+	// OnDemand allows names not given to ManageSync to get a certificate on
+	// their first handshake. Nil means no on-demand issuance.
+	OnDemand *OnDemand
+	// CacheCapacity bounds the number of names held in memory; the least
+	// recently used are evicted and reload from storage on their next
+	// handshake. Default: [DefaultCacheCapacity].
+	CacheCapacity int
+
+	// Logger receives the Manager's logs. Nil means no logs.
+	Logger *zap.Logger
+
+	initOnce sync.Once
+	initErr  error
+	cache    *cache
+	store    storage.Storage
+	client   *acme.Client
+	loads    inflight.Group[*certPair]         // by name
+	obtains  inflight.Group[*tls.Certificate]  // by name and key type
+	accounts inflight.Group[*acme.Account]     // by CA and email
+	chal     challenges
+	denied   denials
+
+	mu      sync.RWMutex        // guards managed and account
+	managed map[string]struct{} // names given to ManageSync
+	account *acme.Account
+}
+
+// OnDemand says which names not given to ManageSync may get a certificate
+// when a client first asks for them. A name is allowed if it is in Names or
+// if Decision returns nil for it.
+type OnDemand struct {
+	// Names are allowed names, in any case, with or without trailing dot.
+	Names []string
+	// Decision returns nil to allow name (already normalized), or an error
+	// that says why not. It must be fast and safe for concurrent use.
+	Decision func(ctx context.Context, name string) error
+	// DenialTTL is how long a denial is remembered, so a flood of the same
+	// unknown name costs one decision. Default: one minute.
+	DenialTTL time.Duration
+
+	names map[string]struct{} // Names normalized; built once
+	once  sync.Once
+}
+
+// ErrNotManaged is returned for a server name that is neither managed nor
+// allowed on demand, and has no certificate in storage.
+var ErrNotManaged = errors.New("acmetls: server name not managed and not allowed on demand")
+
+// init fills the defaults once. Errors are configuration errors and are
+// returned by every later call.
+func (m *Manager) init() error {
+	m.initOnce.Do(func() {
+		if err := checkKeyTypes(m.keyTypes()); err != nil {
+			m.initErr = err
+			return
+		}
+		m.cache = newCache(m.cacheCapacity())
+		m.store = m.Storage
+		if m.store == nil {
+			m.store = &certmagic.FileStorage{Path: defaultStorageDir()}
+		}
+		m.client = &acme.Client{
+			Directory:  m.ca(),
+			HTTPClient: m.httpClient(),
+			UserAgent:  "acmetls",
+			Logger:     slogFromZap(m.logger().Named("acme")),
+		}
+	})
+	return m.initErr
+}
+
+func (m *Manager) ca() string {
+	if m.CA != "" {
+		return m.CA
+	}
+	return LetsEncryptURL
+}
+
+func (m *Manager) keyTypes() []KeyType {
+	if len(m.KeyTypes) > 0 {
+		return m.KeyTypes
+	}
+	return []KeyType{ECDSAP256, RSA2048}
+}
+
+func (m *Manager) cacheCapacity() int {
+	if m.CacheCapacity > 0 {
+		return m.CacheCapacity
+	}
+	return DefaultCacheCapacity
+}
+
+func (m *Manager) logger() *zap.Logger {
+	if m.Logger != nil {
+		return m.Logger
+	}
+	return zap.NewNop()
+}
+
+
+func defaultStorageDir() string {
+	if dir, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(dir, "acmetls")
+	}
+	return filepath.Join(os.TempDir(), "acmetls")
+}
+
+func (m *Manager) httpClient() *http.Client {
+	if m.HTTPClient != nil {
+		return m.HTTPClient
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{RootCAs: m.RootCAs, MinVersion: tls.VersionTLS12}
+	t.ResponseHeaderTimeout = 30 * time.Second
+	return &http.Client{Transport: t, Timeout: 2 * time.Minute}
+}
+
+// TLSConfig returns a configuration for a TLS listener: certificates from
+// [Manager.GetCertificate], HTTP/2 and HTTP/1.1 offered, the tls-alpn-01
+// protocol answered, TLS 1.2 at least.
+func (m *Manager) TLSConfig() *tls.Config {
+	return &tls.Config{
+		GetCertificate: m.GetCertificate,
+		NextProtos:     []string{"h2", "http/1.1", acmeTLS1Protocol},
+		MinVersion:     tls.VersionTLS12,
+	}
+}
+
+// ManageSync makes the Manager serve names, obtaining now whatever
+// certificate storage does not already hold. It returns when every name has
+// a certificate of every key type, or with the errors of those that failed;
+// the others are served regardless.
+func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
+	if err := m.init(); err != nil {
+		return err
+	}
+	normalized := make([]string, 0, len(names))
+	var errs []error
+	for _, raw := range names {
+		name, err := normalizeName(raw)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		normalized = append(normalized, name)
+	}
+	m.mu.Lock()
+	if m.managed == nil {
+		m.managed = make(map[string]struct{})
+	}
+	for _, name := range normalized {
+		m.managed[name] = struct{}{}
+	}
+	m.mu.Unlock()
+	for _, name := range normalized {
+		for _, kt := range m.keyTypes() {
+			if _, err := m.certFor(ctx, name, kt); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// certFor returns the certificate of name for kt: from the cache, else from
+// storage, else from the CA. The caller has checked name may be served.
+func (m *Manager) certFor(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
+	if p := m.cache.get(name); p != nil {
+		if c := p.get(kt); c != nil {
+			return c, nil
+		}
+	}
+	return m.obtains.Do(ctx, name+"/"+string(kt), func(ctx context.Context) (*tls.Certificate, error) {
+		return m.loadOrObtain(ctx, name, kt)
+	})
+}
+
+// isManaged reports whether name was given to ManageSync.
+func (m *Manager) isManaged(name string) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	_, ok := m.managed[name]
+	return ok
+}
+
+// allowed reports whether a certificate may be obtained for name, and why
+// not.
+func (m *Manager) allowed(ctx context.Context, name string) error {
+	if m.isManaged(name) {
+		return nil
+	}
+	od := m.OnDemand
+	if od == nil {
+		return fmt.Errorf("%w: %q (set Manager.OnDemand or call ManageSync)", ErrNotManaged, name)
+	}
+	if err := m.denied.check(name, time.Now()); err != nil {
+		return err
+	}
+	od.once.Do(func() {
+		od.names = make(map[string]struct{}, len(od.Names))
+		for _, n := range od.Names {
+			if nn, err := normalizeName(n); err == nil {
+				od.names[nn] = struct{}{}
+			}
+		}
+	})
+	if _, ok := od.names[name]; ok {
+		return nil
+	}
+	err := fmt.Errorf("%w: %q", ErrNotManaged, name)
+	if od.Decision != nil {
+		if err = od.Decision(ctx, name); err == nil {
+			return nil
+		}
+		err = fmt.Errorf("acmetls: on-demand policy denied %q: %w", name, err)
+	}
+	m.denied.remember(name, err, time.Now().Add(od.denialTTL()))
+	return err
+}
+
+func (od *OnDemand) denialTTL() time.Duration {
+	if od.DenialTTL > 0 {
+		return od.DenialTTL
+	}
+	return time.Minute
+}
+
+// accountKey returns the account's private key if this process has loaded
+// the account, or nil.
+func (m *Manager) accountKey() crypto.Signer {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.account == nil {
+		return nil
+	}
+	return m.account.PrivateKey
+}

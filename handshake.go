@@ -1,0 +1,177 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// GetCertificate returns the certificate for a TLS handshake; use it as
+// tls.Config.GetCertificate, or take [Manager.TLSConfig].
+//
+// A certificate in memory is returned without allocating or taking an
+// exclusive lock. Otherwise storage is read, once per name however many
+// handshakes wait; if storage has nothing usable and the name is managed
+// or allowed on demand, the certificate is obtained from the CA: the key
+// type this client supports first, the others in the background. Waiting
+// handshakes give up when their context, hello.Context(), ends.
+//
+// It refuses server names that are not valid DNS names with a [*NameError],
+// and names it may not obtain with an error wrapping [ErrNotManaged].
+func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if err := m.init(); err != nil {
+		return nil, err
+	}
+	name, err := normalizeName(hello.ServerName)
+	if err != nil {
+		return nil, err
+	}
+	if isChallengeHello(hello) {
+		return m.alpnCert(hello.Context(), name)
+	}
+	if p := m.cache.get(name); p != nil {
+		if c := p.choose(hello); c != nil {
+			return c, nil
+		}
+	}
+	return m.getCertificateSlow(hello.Context(), hello, name)
+}
+
+// getCertificateSlow serves a name the cache cannot: storage first, then
+// the CA.
+func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
+	if !m.isManaged(name) {
+		// A name recently denied is not looked up again.
+		if err := m.denied.check(name, time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	p, err := m.loads.Do(ctx, name, func(ctx context.Context) (*certPair, error) {
+		return m.loadStored(ctx, name)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if p != nil {
+		if c := p.choose(hello); c != nil {
+			return c, nil
+		}
+	}
+	kt := m.missingKeyType(hello, p)
+	if kt == "" {
+		// Every configured type is cached, and the fast check accepted
+		// none: let crypto/tls decide, and fail with its own error.
+		return fallbackChoice(hello, p)
+	}
+	if err := m.allowed(ctx, name); err != nil {
+		return nil, err
+	}
+	c, err := m.certFor(ctx, name, kt)
+	if err != nil {
+		return nil, err
+	}
+	for _, other := range m.keyTypes() {
+		if other != kt && (p == nil || p.get(other) == nil) {
+			m.obtains.Go(ctx, name+"/"+string(other), func(ctx context.Context) (*tls.Certificate, error) {
+				return m.loadOrObtain(ctx, name, other)
+			})
+		}
+	}
+	return c, nil
+}
+
+// loadStored reads every key type of name from storage into the cache.
+func (m *Manager) loadStored(ctx context.Context, name string) (*certPair, error) {
+	var p *certPair
+	for _, kt := range m.keyTypes() {
+		c, err := m.loadCert(ctx, name, kt)
+		if err != nil {
+			return p, err
+		}
+		if c != nil {
+			p = p.with(kt, c)
+		}
+	}
+	return p, nil
+}
+
+// missingKeyType returns the first configured key type that the client
+// supports and that p lacks, or "" if there is none.
+func (m *Manager) missingKeyType(hello *tls.ClientHelloInfo, p *certPair) KeyType {
+	var firstMissing KeyType
+	for _, kt := range m.keyTypes() {
+		if p != nil && p.get(kt) != nil {
+			continue
+		}
+		if supports(hello, kt) {
+			return kt
+		}
+		if firstMissing == "" {
+			firstMissing = kt
+		}
+	}
+	if p == nil {
+		// Nothing stored and no type fits as far as the fast check can
+		// tell: obtain the preferred type; crypto/tls has the last word.
+		return firstMissing
+	}
+	return ""
+}
+
+// fallbackChoice asks crypto/tls which cached certificate the client
+// supports; it handles what the fast check does not (GODEBUG settings,
+// FIPS mode).
+func fallbackChoice(hello *tls.ClientHelloInfo, p *certPair) (*tls.Certificate, error) {
+	var firstErr error
+	for _, c := range []*tls.Certificate{p.ecdsa, p.rsa} {
+		if c == nil {
+			continue
+		}
+		err := hello.SupportsCertificate(c)
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, fmt.Errorf("acmetls: client for %q supports none of the certificate key types: %w", hello.ServerName, firstErr)
+}
+
+// denials remembers names the on-demand policy refused, briefly, so that a
+// flood of handshakes for unknown names costs one decision each.
+type denials struct {
+	mu     sync.Mutex // guards byName
+	byName map[string]denial
+}
+
+type denial struct {
+	err   error
+	until time.Time
+}
+
+// maxDenials bounds the memory a flood of random names can take.
+const maxDenials = 10_000
+
+func (d *denials) check(name string, now time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e, ok := d.byName[name]; ok {
+		if now.Before(e.until) {
+			return e.err
+		}
+		delete(d.byName, name)
+	}
+	return nil
+}
+
+func (d *denials) remember(name string, err error, until time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.byName == nil || len(d.byName) >= maxDenials {
+		d.byName = make(map[string]denial)
+	}
+	d.byName[name] = denial{err: err, until: until}
+}

@@ -1,0 +1,64 @@
+package acmetls
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+
+	"go.uber.org/zap"
+)
+
+const httpChallengePath = "/.well-known/acme-challenge/"
+
+// HTTPHandler answers the CA's http-01 requests and hands every other
+// request to fallback. A nil fallback redirects GET and HEAD requests to
+// the same URL over HTTPS and refuses other methods, so plain HTTP serves
+// nothing but challenges.
+//
+// Answers come from this process's memory first, then from storage, so a
+// frontend answers for an order another frontend placed.
+func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
+	if fallback == nil {
+		fallback = http.HandlerFunc(redirectHTTPS)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, httpChallengePath) {
+			fallback.ServeHTTP(w, r)
+			return
+		}
+		if err := m.init(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		token := strings.TrimPrefix(r.URL.Path, httpChallengePath)
+		ka, err := m.httpAnswer(r.Context(), token)
+		switch {
+		case errors.Is(err, errNoChallenge):
+			http.NotFound(w, r)
+		case err != nil:
+			m.logger().Named("challenge").Warn("answering http-01", zap.Error(err))
+			http.Error(w, "challenge answer unavailable", http.StatusServiceUnavailable)
+		default:
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = w.Write([]byte(ka))
+		}
+	})
+}
+
+func redirectHTTPS(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		http.Error(w, "use HTTPS", http.StatusBadRequest)
+		return
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	name, err := normalizeName(host)
+	if err != nil {
+		http.Error(w, "use HTTPS", http.StatusBadRequest)
+		return
+	}
+	http.Redirect(w, r, "https://"+name+r.URL.RequestURI(), http.StatusFound)
+}

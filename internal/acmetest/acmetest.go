@@ -1,0 +1,307 @@
+// Package acmetest runs Let's Encrypt's Pebble test CA in-process, with a
+// DNS stub that resolves every name to 127.0.0.1, and counts what the CA
+// saw: orders placed and orders finalized, with their names, key types and
+// replaced certificates. Pebble's random rejection of nonces stays on, so
+// clients meet the retries the real CA demands.
+package acmetest
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/letsencrypt/pebble/v2/ca"
+	"github.com/letsencrypt/pebble/v2/db"
+	"github.com/letsencrypt/pebble/v2/va"
+	"github.com/letsencrypt/pebble/v2/wfe"
+	"github.com/miekg/dns"
+)
+
+// Options configure a CA.
+type Options struct {
+	// HTTPPort and TLSPort are the ports on 127.0.0.1 where the VA sends
+	// http-01 and tls-alpn-01 validations.
+	HTTPPort, TLSPort int
+	// OCSPResponderURL is written into issued certificates when set.
+	OCSPResponderURL string
+	// AlternateRoots is the number of extra chains offered per certificate.
+	AlternateRoots int
+	// Blocklist names the CA refuses to issue for.
+	Blocklist []string
+	// Logf receives Pebble's log lines; nil discards them.
+	Logf func(format string, args ...any)
+	// Intercept, when set, sees every request first; returning true means
+	// it wrote the response and the CA never sees the request. Use it to
+	// inject faults (429, 503, dropped connections) on top of the real CA.
+	Intercept func(w http.ResponseWriter, r *http.Request) bool
+}
+
+// CA is a running Pebble.
+type CA struct {
+	// DirectoryURL is the ACME directory.
+	DirectoryURL string
+	// ManagementURL is the base of Pebble's management API
+	// (/roots/0, /intermediate-keys/0, /set-renewal-info/, ...).
+	ManagementURL string
+
+	srv, mgmt *httptest.Server
+	dns       *dns.Server
+	ca        *ca.CAImpl
+	db        *db.MemoryStore
+
+	mu     sync.Mutex // guards orders and finals
+	orders []Order
+	finals []Finalization
+}
+
+// Order is a newOrder request the CA accepted.
+type Order struct {
+	Names    []string
+	Replaces string // ARI certificate ID of the replaced certificate
+}
+
+// Finalization is a finalize request the CA accepted.
+type Finalization struct {
+	Names []string
+	// KeyAlgorithm is the CSR's public key algorithm: "ECDSA" or "RSA".
+	KeyAlgorithm string
+}
+
+var envOnce sync.Once
+
+// New starts a CA. Close it when done.
+func New(opts Options) (*CA, error) {
+	envOnce.Do(func() {
+		// Pebble reads its VA settings from the environment only: no
+		// random validation delays in tests.
+		os.Setenv("PEBBLE_VA_NOSLEEP", "1")
+	})
+	logw := io.Discard
+	if opts.Logf != nil {
+		logw = logfWriter(opts.Logf)
+	}
+	logger := log.New(logw, "pebble ", 0)
+
+	dnsSrv, dnsAddr, err := startDNS()
+	if err != nil {
+		return nil, err
+	}
+	c := &CA{dns: dnsSrv, db: db.NewMemoryStore()}
+	for _, name := range opts.Blocklist {
+		if err := c.db.AddBlockedDomain(name); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	profiles := map[string]ca.Profile{"default": {Description: "default profile"}}
+	c.ca = ca.New(logger, c.db, opts.OCSPResponderURL, "rsa", opts.AlternateRoots, 1, profiles)
+	v := va.New(logger, opts.HTTPPort, opts.TLSPort, false, dnsAddr, c.db)
+	w := wfe.New(logger, c.db, v, c.ca, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
+
+	handler := c.count(w.Handler())
+	if opts.Intercept != nil {
+		next := handler
+		handler = http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			if !opts.Intercept(rw, r) {
+				next.ServeHTTP(rw, r)
+			}
+		})
+	}
+	c.srv = httptest.NewUnstartedServer(handler)
+	c.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	c.srv.StartTLS()
+	c.mgmt = httptest.NewTLSServer(w.ManagementHandler())
+	c.DirectoryURL = c.srv.URL + wfe.DirectoryPath
+	c.ManagementURL = c.mgmt.URL
+	return c, nil
+}
+
+// Close stops the CA and its DNS stub.
+func (c *CA) Close() {
+	if c.srv != nil {
+		c.srv.Close()
+	}
+	if c.mgmt != nil {
+		c.mgmt.Close()
+	}
+	_ = c.dns.Shutdown()
+}
+
+// HTTPClient returns a client that trusts the CA's HTTPS endpoints.
+func (c *CA) HTTPClient() *http.Client { return c.srv.Client() }
+
+// ServerRoots returns a pool with the certificate of the CA's HTTPS
+// endpoint, for a client's RootCAs.
+func (c *CA) ServerRoots() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c.srv.Certificate())
+	return p
+}
+
+// Roots returns a pool with the roots of the certificates the CA issues.
+func (c *CA) Roots() *x509.CertPool {
+	p := x509.NewCertPool()
+	for i := 0; i < c.ca.GetNumberOfRootCerts(); i++ {
+		p.AddCert(c.ca.GetRootCert(i).Cert)
+	}
+	return p
+}
+
+// RootPEM returns the PEM of the default chain's root.
+func (c *CA) RootPEM() []byte { return c.ca.GetRootCert(0).PEM() }
+
+// Orders returns the orders the CA accepted so far.
+func (c *CA) Orders() []Order {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Order(nil), c.orders...)
+}
+
+// Finalizations returns the finalizations the CA accepted so far.
+func (c *CA) Finalizations() []Finalization {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Finalization(nil), c.finals...)
+}
+
+// FinalizationsFor counts accepted finalizations for name with a key
+// algorithm ("ECDSA" or "RSA"; "" counts both).
+func (c *CA) FinalizationsFor(name, keyAlgorithm string) int {
+	n := 0
+	for _, f := range c.Finalizations() {
+		if (keyAlgorithm == "" || f.KeyAlgorithm == keyAlgorithm) && len(f.Names) == 1 && f.Names[0] == name {
+			n++
+		}
+	}
+	return n
+}
+
+// count records accepted newOrder and finalize requests.
+func (c *CA) count(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		isOrder := r.Method == http.MethodPost && r.URL.Path == "/order-plz"
+		isFinal := r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/finalize-order/")
+		if !isOrder && !isFinal {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		if sw.status >= 300 {
+			return
+		}
+		payload, err := jwsPayload(body)
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if isOrder {
+			c.orders = append(c.orders, parseOrder(payload))
+		} else if f, ok := parseFinalize(payload); ok {
+			c.finals = append(c.finals, f)
+		}
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func jwsPayload(body []byte) ([]byte, error) {
+	var jws struct {
+		Payload string `json:"payload"`
+	}
+	if err := json.Unmarshal(body, &jws); err != nil {
+		return nil, err
+	}
+	return base64.RawURLEncoding.DecodeString(jws.Payload)
+}
+
+func parseOrder(payload []byte) Order {
+	var o struct {
+		Identifiers []struct{ Value string } `json:"identifiers"`
+		Replaces    string                   `json:"replaces"`
+	}
+	_ = json.Unmarshal(payload, &o)
+	out := Order{Replaces: o.Replaces}
+	for _, id := range o.Identifiers {
+		out.Names = append(out.Names, id.Value)
+	}
+	return out
+}
+
+func parseFinalize(payload []byte) (Finalization, bool) {
+	var f struct {
+		CSR string `json:"csr"`
+	}
+	if json.Unmarshal(payload, &f) != nil {
+		return Finalization{}, false
+	}
+	der, err := base64.RawURLEncoding.DecodeString(f.CSR)
+	if err != nil {
+		return Finalization{}, false
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return Finalization{}, false
+	}
+	return Finalization{Names: csr.DNSNames, KeyAlgorithm: csr.PublicKeyAlgorithm.String()}, true
+}
+
+// startDNS serves, over TCP as Pebble's VA asks, A 127.0.0.1 for every
+// name and nothing else.
+func startDNS() (*dns.Server, string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", fmt.Errorf("acmetest: dns listener: %w", err)
+	}
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", func(w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		for _, q := range req.Question {
+			if q.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{
+					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 0},
+					A:   net.IPv4(127, 0, 0, 1),
+				})
+			}
+		}
+		_ = w.WriteMsg(m)
+	})
+	started := make(chan struct{})
+	srv := &dns.Server{Listener: ln, Handler: mux, NotifyStartedFunc: func() { close(started) }}
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	return srv, ln.Addr().String(), nil
+}
+
+type logfWriter func(format string, args ...any)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	f("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

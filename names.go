@@ -1,0 +1,117 @@
+package acmetls
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"golang.org/x/net/idna"
+)
+
+// NameError reports a server name that acmetls will not serve or obtain a
+// certificate for. Such a name never becomes a storage key and never
+// reaches the CA.
+type NameError struct {
+	Name   string // as received, possibly not valid UTF-8
+	Reason string
+}
+
+func (e *NameError) Error() string {
+	return fmt.Sprintf("acmetls: invalid server name %q: %s", e.Name, e.Reason)
+}
+
+const (
+	maxNameLen  = 253
+	maxLabelLen = 63
+)
+
+// normalizeName turns a server name as sent in SNI or given by an operator
+// into the form used as cache and storage key: lowercase ASCII, no
+// trailing dot, IDNA A-labels. It refuses what is not a valid DNS host
+// name, including IP literals and wildcards. A name already in normal form
+// is returned as is, without allocating.
+func normalizeName(name string) (string, error) {
+	if reason := checkHostname(name); reason == "" {
+		return name, nil
+	}
+	return normalizeSlow(name)
+}
+
+func normalizeSlow(raw string) (string, error) {
+	bad := func(reason string) (string, error) { return "", &NameError{Name: raw, Reason: reason} }
+	name := raw
+	if name == "" {
+		return bad("empty (the client sent no SNI)")
+	}
+	if _, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return bad("an IP address; only DNS names are served")
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return bad("contains a NUL byte")
+	}
+	if strings.HasPrefix(name, "*") {
+		return bad("a wildcard is not a server name")
+	}
+	name = strings.TrimSuffix(name, ".")
+	ascii, err := idna.Lookup.ToASCII(name)
+	if err != nil {
+		return bad(fmt.Sprintf("not a valid internationalized name: %v", err))
+	}
+	name = strings.ToLower(ascii)
+	if reason := checkHostname(name); reason != "" {
+		return bad(reason)
+	}
+	return name, nil
+}
+
+// checkHostname returns "" if name is a host name in normal form, or why it
+// is not: labels of 1 to 63 of [a-z0-9-], not starting or ending with '-',
+// at most 253 bytes, and a last label that is not all digits.
+func checkHostname(name string) string {
+	if name == "" {
+		return "empty"
+	}
+	if len(name) > maxNameLen {
+		return fmt.Sprintf("longer than %d bytes", maxNameLen)
+	}
+	start, digitsOnly := 0, true
+	for i := 0; i <= len(name); i++ {
+		if i < len(name) && name[i] != '.' {
+			c := name[i]
+			switch {
+			case c >= 'a' && c <= 'z', c == '-':
+				digitsOnly = false
+			case c >= '0' && c <= '9':
+			default:
+				return fmt.Sprintf("byte %q is not allowed (only a-z, 0-9, '-' and '.')", c)
+			}
+			continue
+		}
+		label := name[start:i]
+		switch {
+		case len(label) == 0:
+			return "empty label"
+		case len(label) > maxLabelLen:
+			return fmt.Sprintf("label longer than %d bytes", maxLabelLen)
+		case label[0] == '-' || label[len(label)-1] == '-':
+			return "label starts or ends with '-'"
+		}
+		if i < len(name) {
+			start, digitsOnly = i+1, true
+		}
+	}
+	if digitsOnly {
+		return "last label is all digits"
+	}
+	return ""
+}
+
+// parentOf returns the name that a wildcard "*.parent" covering name would
+// be keyed by, and false when name has a single label.
+func parentOf(name string) (string, bool) {
+	i := strings.IndexByte(name, '.')
+	if i < 0 || i == len(name)-1 {
+		return "", false
+	}
+	return name[i+1:], true
+}

@@ -1,0 +1,207 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"time"
+
+	"github.com/mholt/acmez/v3"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/acmetls/acmetls/storage"
+)
+
+// obtainTimeout bounds one issuance: lock, order, validation, download.
+const obtainTimeout = 5 * time.Minute
+
+// loadOrObtain returns the certificate of name for kt from storage, or
+// obtains it from the CA: under the storage lock for the name and key type,
+// storage is read again, so processes sharing storage place one order.
+// The result is cached.
+func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
+	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
+	defer cancel()
+	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
+		return c, err
+	}
+	lock := storage.CertLockName(name, string(kt))
+	log := m.logger().Named("obtain").With(zap.String("server_name", name), zap.String("key_type", string(kt)))
+	log.Debug("taking storage lock", zap.String("lock", lock))
+	if err := m.store.Lock(ctx, lock); err != nil {
+		return nil, fmt.Errorf("acmetls: locking %s: %w", lock, err)
+	}
+	defer m.unlock(lock)
+	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
+		return c, err
+	}
+	c, err := m.obtain(ctx, name, kt)
+	if err != nil {
+		log.Error("obtaining certificate", zap.Error(err))
+		return nil, err
+	}
+	m.cache.put(name, kt, c)
+	log.Info("obtained certificate",
+		zap.String("serial", c.Leaf.SerialNumber.Text(16)),
+		zap.Time("not_after", c.Leaf.NotAfter))
+	return c, nil
+}
+
+// loadCert reads, checks and caches the stored certificate of name for kt.
+// It returns nil and no error when storage holds no usable certificate: none,
+// expired, or corrupt (reported, then replaced by the caller). Only a
+// failing storage is an error.
+func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
+	key := storage.CertKey(name, string(kt))
+	b, err := m.store.Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: loading %s: %w", key, err)
+	}
+	c, err := m.certFromRecord(b, name, kt)
+	if err != nil {
+		m.logger().Named("storage").Error("unusable certificate record; it will be replaced",
+			zap.String("key", key), zap.Error(err))
+		return nil, nil
+	}
+	if !time.Now().Before(c.Leaf.NotAfter) {
+		m.logger().Named("storage").Warn("stored certificate expired",
+			zap.String("key", key), zap.Time("not_after", c.Leaf.NotAfter))
+		return nil, nil
+	}
+	m.cache.put(name, kt, c)
+	return c, nil
+}
+
+// certFromRecord decodes a stored record and checks it can be served for
+// name: shape, key matching leaf, key type, name covered, and a key that
+// is not the ACME account's.
+func (m *Manager) certFromRecord(b []byte, name string, kt KeyType) (*tls.Certificate, error) {
+	rec, err := storage.ParseCertRecord(b)
+	if err != nil {
+		return nil, err
+	}
+	c, err := keyPair(rec.ChainPEM, rec.KeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", storage.ErrCorruptRecord, err)
+	}
+	if got := keyTypeOf(c.Leaf.PublicKey); got != kt {
+		return nil, fmt.Errorf("%w: key type %q, want %q", storage.ErrCorruptRecord, got, kt)
+	}
+	if err := c.Leaf.VerifyHostname(name); err != nil {
+		return nil, fmt.Errorf("%w: %v", storage.ErrCorruptRecord, err)
+	}
+	if err := checkNotAccountKey(c.Leaf.PublicKey, m.accountKey()); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// obtain orders a certificate for name with a new key of type kt and stores
+// it. The caller holds the storage lock.
+func (m *Manager) obtain(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
+	account, err := m.getAccount(ctx)
+	if err != nil {
+		return nil, err
+	}
+	key, err := newCertKey(kt, account.PrivateKey)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := acmez.NewCSR(key, []string{name})
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
+	}
+	params, err := acmez.OrderParametersFromCSR(*account, csr)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: order for %q: %w", name, err)
+	}
+	client := acmez.Client{
+		Client: m.client,
+		ChallengeSolvers: map[string]acmez.Solver{
+			acme.ChallengeTypeHTTP01:    solver{m},
+			acme.ChallengeTypeTLSALPN01: solver{m},
+		},
+	}
+	chains, err := client.ObtainCertificate(ctx, params)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w", name, err)
+	}
+	chain, err := pickChain(chains, m.PreferredChain)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	c, err := keyPair(string(chain.ChainPEM), keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: the CA's certificate for %q: %w", name, err)
+	}
+	rec := storage.CertRecord{
+		Names:    []string{name},
+		KeyType:  string(kt),
+		KeyPEM:   keyPEM,
+		ChainPEM: string(chain.ChainPEM),
+		CA:       m.ca(),
+		URL:      chain.URL,
+		Account:  account.Location,
+		Obtained: time.Now().UTC(),
+	}
+	if chain.RenewalInfo != nil {
+		rec.RenewalInfo, _ = json.Marshal(chain.RenewalInfo)
+	}
+	b, err := rec.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.store.Store(ctx, storage.CertKey(name, string(kt)), b); err != nil {
+		return nil, fmt.Errorf("acmetls: storing certificate for %q: %w", name, err)
+	}
+	return c, nil
+}
+
+// pickChain returns the first chain whose certificates name preferred as
+// issuer or subject common name (so a root's name selects its chain), or
+// the CA's default chain, the first one.
+func pickChain(chains []acme.Certificate, preferred string) (acme.Certificate, error) {
+	if len(chains) == 0 {
+		return acme.Certificate{}, errors.New("the CA returned no certificate chain")
+	}
+	if preferred == "" {
+		return chains[0], nil
+	}
+	for _, ch := range chains {
+		if slices.Contains(chainCommonNames(ch.ChainPEM), preferred) {
+			return ch, nil
+		}
+	}
+	return chains[0], nil
+}
+
+// chainCommonNames lists the issuer common names of every certificate in a
+// PEM chain, which includes the root's name even when the root itself is
+// not sent.
+func chainCommonNames(chainPEM []byte) []string {
+	var names []string
+	for rest := chainPEM; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return names
+		}
+		if c, err := x509.ParseCertificate(block.Bytes); err == nil {
+			names = append(names, c.Issuer.CommonName)
+		}
+	}
+}
