@@ -79,6 +79,13 @@ type Manager struct {
 	// default chain.
 	PreferredChain string
 
+	// DisableHTTPChallenge and DisableTLSALPNChallenge turn off one of the
+	// two challenge types; by default the CA may use either. Disable
+	// http-01 when port 80 does not reach these servers, tls-alpn-01 when
+	// port 443 does not.
+	DisableHTTPChallenge    bool
+	DisableTLSALPNChallenge bool
+
 	// Storage holds accounts, certificates and shared challenge answers.
 	// Processes sharing a Storage share certificates and take turns to
 	// order them. Default: certmagic.FileStorage in the user's data
@@ -141,6 +148,10 @@ func (m *Manager) init() error {
 	m.initOnce.Do(func() {
 		if err := checkKeyTypes(m.keyTypes()); err != nil {
 			m.initErr = err
+			return
+		}
+		if m.DisableHTTPChallenge && m.DisableTLSALPNChallenge {
+			m.initErr = errors.New("acmetls: both challenge types are disabled; the CA could validate nothing")
 			return
 		}
 		m.cache = newCache(m.cacheCapacity())

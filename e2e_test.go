@@ -2,6 +2,7 @@ package acmetls
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"testing"
 
@@ -55,4 +56,98 @@ func pool(certs []*x509.Certificate) *x509.CertPool {
 		p.AddCert(c)
 	}
 	return p
+}
+
+func TestEachChallengeType(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		disable func(*Manager)
+	}{
+		{"http-01", func(m *Manager) { m.DisableTLSALPNChallenge = true }},
+		{"tls-alpn-01", func(m *Manager) { m.DisableHTTPChallenge = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, acmetest.Options{})
+			m := e.manager(tc.disable, func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} })
+			if err := m.ManageSync(context.Background(), "chal.example.com"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.handshake("chal.example.com", nil); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A frontend that did not place the order answers the CA's challenge from
+// shared storage.
+func TestChallengeAnsweredBySibling(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		disable func(*Manager)
+	}{
+		{"http-01", func(m *Manager) { m.DisableTLSALPNChallenge = true }},
+		{"tls-alpn-01", func(m *Manager) { m.DisableHTTPChallenge = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, acmetest.Options{})
+			front := e.manager()
+			orderer := e.manager(tc.disable, func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} })
+			e.front.Store(front) // the CA reaches the frontend, not the orderer
+			if err := orderer.ManageSync(context.Background(), "sibling.example.com"); err != nil {
+				t.Fatal(err)
+			}
+			if n := e.ca.FinalizationsFor("sibling.example.com", "ECDSA"); n != 1 {
+				t.Fatalf("finalizations = %d, want 1", n)
+			}
+			// The frontend serves the certificate from storage.
+			cs, err := e.handshake("sibling.example.com", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := leafKeyAlgorithm(cs); got != "ECDSA" {
+				t.Errorf("got %s, want ECDSA", got)
+			}
+		})
+	}
+}
+
+func TestRestartServesFromStorage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	names := []string{"a.example.com", "b.example.com"}
+	if err := e.manager().ManageSync(context.Background(), names...); err != nil {
+		t.Fatal(err)
+	}
+	orders := len(e.ca.Orders())
+	if orders != 4 {
+		t.Fatalf("first Manager placed %d orders, want 4", orders)
+	}
+
+	// A new process on the same storage: managed names and a handshake
+	// for each key type, no order.
+	m2 := e.manager()
+	if err := m2.ManageSync(context.Background(), names...); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		for _, client := range []*tls.Config{ecdsaTLS13Client, rsaOnlyTLS12} {
+			if _, err := e.handshake(name, client); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+	}
+	// A third process that was told nothing still serves what storage
+	// holds.
+	e.manager()
+	if _, err := e.handshake("a.example.com", rsaOnlyTLS12); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(e.ca.Orders()); got != orders {
+		t.Errorf("restarted Managers placed %d new orders, want 0", got-orders)
+	}
 }

@@ -24,24 +24,42 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if err := m.init(); err != nil {
 		return nil, err
 	}
+	if !isChallengeHello(hello) && checkHostname(hello.ServerName) == "" {
+		// Only normalized names are cached, so a name in the cache
+		// needs no further checks.
+		if p := m.cache.get(hello.ServerName); p != nil {
+			if c := p.choose(hello); c != nil {
+				return c, nil
+			}
+		}
+	}
 	name, err := normalizeName(hello.ServerName)
 	if err != nil {
 		return nil, err
 	}
 	if isChallengeHello(hello) {
-		return m.alpnCert(hello.Context(), name)
+		return m.alpnCert(helloContext(hello), name)
 	}
-	if p := m.cache.get(name); p != nil {
-		if c := p.choose(hello); c != nil {
-			return c, nil
-		}
+	return m.getCertificateSlow(helloContext(hello), hello, name)
+}
+
+// helloContext returns the handshake's context; a ClientHelloInfo built by
+// hand has none.
+func helloContext(hello *tls.ClientHelloInfo) context.Context {
+	if ctx := hello.Context(); ctx != nil {
+		return ctx
 	}
-	return m.getCertificateSlow(hello.Context(), hello, name)
+	return context.Background()
 }
 
 // getCertificateSlow serves a name the cache cannot: storage first, then
 // the CA.
 func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
+	if p := m.cache.get(name); p != nil {
+		if c := p.choose(hello); c != nil {
+			return c, nil
+		}
+	}
 	if !m.isManaged(name) {
 		// A name recently denied is not looked up again.
 		if err := m.denied.check(name, time.Now()); err != nil {
@@ -72,8 +90,9 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 	if err != nil {
 		return nil, err
 	}
+	now := m.cache.get(name)
 	for _, other := range m.keyTypes() {
-		if other != kt && (p == nil || p.get(other) == nil) {
+		if other != kt && (now == nil || now.get(other) == nil) {
 			m.obtains.Go(ctx, name+"/"+string(other), func(ctx context.Context) (*tls.Certificate, error) {
 				return m.loadOrObtain(ctx, name, other)
 			})

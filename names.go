@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -31,7 +32,7 @@ const (
 // name, including IP literals and wildcards. A name already in normal form
 // is returned as is, without allocating.
 func normalizeName(name string) (string, error) {
-	if reason := checkHostname(name); reason == "" {
+	if checkHostname(name) == "" && !strings.Contains(name, "xn--") {
 		return name, nil
 	}
 	return normalizeSlow(name)
@@ -49,6 +50,9 @@ func normalizeSlow(raw string) (string, error) {
 	if strings.IndexByte(name, 0) >= 0 {
 		return bad("contains a NUL byte")
 	}
+	if !utf8.ValidString(name) {
+		return bad("not valid UTF-8")
+	}
 	if strings.HasPrefix(name, "*") {
 		return bad("a wildcard is not a server name")
 	}
@@ -60,6 +64,16 @@ func normalizeSlow(raw string) (string, error) {
 	name = strings.ToLower(ascii)
 	if reason := checkHostname(name); reason != "" {
 		return bad(reason)
+	}
+	if strings.Contains(name, "xn--") {
+		// A-labels must decode, and encode back to themselves.
+		u, err := idna.Lookup.ToUnicode(name)
+		if err != nil {
+			return bad(fmt.Sprintf("invalid punycode: %v", err))
+		}
+		if back, err := idna.Lookup.ToASCII(u); err != nil || back != name {
+			return bad("punycode does not round-trip")
+		}
 	}
 	return name, nil
 }

@@ -125,13 +125,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType) (*tls.Cer
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: order for %q: %w", name, err)
 	}
-	client := acmez.Client{
-		Client: m.client,
-		ChallengeSolvers: map[string]acmez.Solver{
-			acme.ChallengeTypeHTTP01:    solver{m},
-			acme.ChallengeTypeTLSALPN01: solver{m},
-		},
-	}
+	client := acmez.Client{Client: m.client, ChallengeSolvers: m.solvers()}
 	chains, err := client.ObtainCertificate(ctx, params)
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w", name, err)
@@ -204,4 +198,16 @@ func chainCommonNames(chainPEM []byte) []string {
 			names = append(names, c.Issuer.CommonName)
 		}
 	}
+}
+
+// solvers returns the enabled challenge solvers.
+func (m *Manager) solvers() map[string]acmez.Solver {
+	s := make(map[string]acmez.Solver, 2)
+	if !m.DisableHTTPChallenge {
+		s[acme.ChallengeTypeHTTP01] = solver{m}
+	}
+	if !m.DisableTLSALPNChallenge {
+		s[acme.ChallengeTypeTLSALPN01] = solver{m}
+	}
+	return s
 }

@@ -1,0 +1,126 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/acmetls/acmetls/internal/acmetest"
+)
+
+func TestOnDemandConcurrentFirstHandshakes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	e.manager(func(m *Manager) { m.OnDemand = &OnDemand{Names: []string{"Burst.Example.com."}} })
+	const name, n = "burst.example.com", 200
+
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	algs := make(chan string, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs, err := e.handshake(name, ecdsaTLS13Client)
+			if err != nil {
+				errs <- err
+				return
+			}
+			algs <- leafKeyAlgorithm(cs)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(algs)
+	for err := range errs {
+		t.Errorf("handshake failed: %v", err)
+	}
+	for alg := range algs {
+		if alg != "ECDSA" {
+			t.Fatalf("an ECDSA-capable client got %s", alg)
+		}
+	}
+	// The RSA certificate follows in the background, once.
+	waitFor(t, "the background RSA order", func() bool { return e.ca.FinalizationsFor(name, "RSA") == 1 })
+	if _, err := e.handshake(name, rsaOnlyTLS12); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.ca.FinalizationsFor(name, "ECDSA"); got != 1 {
+		t.Errorf("ECDSA finalizations = %d, want 1", got)
+	}
+	if got := e.ca.FinalizationsFor(name, "RSA"); got != 1 {
+		t.Errorf("RSA finalizations = %d, want 1", got)
+	}
+	if got := len(e.ca.Orders()); got != 2 {
+		t.Errorf("orders = %d, want 2", got)
+	}
+}
+
+// An RSA-only client's first handshake obtains the RSA certificate first.
+func TestOnDemandObtainsTheClientsKeyTypeFirst(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	e.manager(func(m *Manager) {
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
+	})
+	cs, err := e.handshake("rsa-first.example.com", rsaOnlyTLS12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := leafKeyAlgorithm(cs); got != "RSA" {
+		t.Fatalf("got %s, want RSA", got)
+	}
+	if f := e.ca.Finalizations(); len(f) == 0 || f[0].KeyAlgorithm != "RSA" {
+		t.Errorf("first finalization = %+v, want RSA", f)
+	}
+	waitFor(t, "the background ECDSA order", func() bool { return e.ca.FinalizationsFor("rsa-first.example.com", "ECDSA") == 1 })
+}
+
+func TestPolicyRefusesWithoutOrders(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	denyErr := errors.New("not a customer")
+	var decisions int
+	var mu sync.Mutex
+	for _, tc := range []struct {
+		name     string
+		onDemand *OnDemand
+		wantErr  error
+	}{
+		{"no policy", nil, ErrNotManaged},
+		{"decision denies", &OnDemand{Decision: func(_ context.Context, name string) error {
+			mu.Lock()
+			decisions++
+			mu.Unlock()
+			return denyErr
+		}}, denyErr},
+		{"allowlist without the name", &OnDemand{Names: []string{"other.example.com"}}, ErrNotManaged},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := e.manager(func(m *Manager) { m.OnDemand = tc.onDemand })
+			for i := 0; i < 3; i++ {
+				_, err := e.handshake("unmanaged.example.com", nil)
+				if err == nil {
+					t.Fatal("handshake for an unmanaged name succeeded")
+				}
+				// The server's error, as GetCertificate returns it.
+				_, gerr := m.GetCertificate(&tls.ClientHelloInfo{ServerName: "unmanaged.example.com", SupportedVersions: []uint16{tls.VersionTLS13}})
+				if !errors.Is(gerr, tc.wantErr) {
+					t.Fatalf("GetCertificate error = %v, want %v", gerr, tc.wantErr)
+				}
+				if !strings.Contains(gerr.Error(), "unmanaged.example.com") {
+					t.Errorf("error %q does not name the server name", gerr)
+				}
+			}
+		})
+	}
+	if decisions != 1 {
+		t.Errorf("Decision called %d times for one name, want 1 (denials are remembered)", decisions)
+	}
+	if n := len(e.ca.Orders()); n != 0 {
+		t.Errorf("the CA saw %d orders, want 0", n)
+	}
+}
