@@ -110,9 +110,9 @@ type Manager struct {
 	cache    *cache
 	store    storage.Storage
 	client   *acme.Client
-	loads    inflight.Group[*certPair]         // by name
-	obtains  inflight.Group[*tls.Certificate]  // by name and key type
-	accounts inflight.Group[*acme.Account]     // by CA and email
+	loads    inflight.Group[*certPair]        // by name
+	obtains  inflight.Group[*tls.Certificate] // by name and key type
+	accounts inflight.Group[*acme.Account]    // by CA and email
 	chal     challenges
 	denied   denials
 
@@ -196,7 +196,6 @@ func (m *Manager) logger() *zap.Logger {
 	}
 	return zap.NewNop()
 }
-
 
 func defaultStorageDir() string {
 	if dir, err := os.UserConfigDir(); err == nil {
