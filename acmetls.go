@@ -119,6 +119,8 @@ type Manager struct {
 	mu      sync.RWMutex        // guards managed and account
 	managed map[string]struct{} // names given to ManageSync
 	account *acme.Account
+
+	storedAccountOnce sync.Once
 }
 
 // OnDemand says which names not given to ManageSync may get a certificate
@@ -324,9 +326,20 @@ func (od *OnDemand) denialTTL() time.Duration {
 	return time.Minute
 }
 
-// accountKey returns the account's private key if this process has loaded
-// the account, or nil.
-func (m *Manager) accountKey() crypto.Signer {
+// accountKey returns the account's private key if storage holds the
+// account, or nil. Storage is asked once per Manager.
+func (m *Manager) accountKey(ctx context.Context) crypto.Signer {
+	m.storedAccountOnce.Do(func() {
+		a, err := m.loadAccount(ctx, storage.AccountKey(m.ca(), m.Email))
+		if err != nil {
+			return
+		}
+		m.mu.Lock()
+		if m.account == nil {
+			m.account = a
+		}
+		m.mu.Unlock()
+	})
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	if m.account == nil {

@@ -67,7 +67,7 @@ func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.C
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: loading %s: %w", key, err)
 	}
-	c, err := m.certFromRecord(b, name, kt)
+	c, err := m.certFromRecord(ctx, b, name, kt)
 	if err != nil {
 		m.logger().Named("storage").Error("unusable certificate record; it will be replaced",
 			zap.String("key", key), zap.Error(err))
@@ -85,7 +85,7 @@ func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.C
 // certFromRecord decodes a stored record and checks it can be served for
 // name: shape, key matching leaf, key type, name covered, and a key that
 // is not the ACME account's.
-func (m *Manager) certFromRecord(b []byte, name string, kt KeyType) (*tls.Certificate, error) {
+func (m *Manager) certFromRecord(ctx context.Context, b []byte, name string, kt KeyType) (*tls.Certificate, error) {
 	rec, err := storage.ParseCertRecord(b)
 	if err != nil {
 		return nil, err
@@ -100,7 +100,7 @@ func (m *Manager) certFromRecord(b []byte, name string, kt KeyType) (*tls.Certif
 	if err := c.Leaf.VerifyHostname(name); err != nil {
 		return nil, fmt.Errorf("%w: %v", storage.ErrCorruptRecord, err)
 	}
-	if err := checkNotAccountKey(c.Leaf.PublicKey, m.accountKey()); err != nil {
+	if err := checkNotAccountKey(c.Leaf.PublicKey, m.accountKey(ctx)); err != nil {
 		return nil, err
 	}
 	return c, nil

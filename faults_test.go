@@ -1,0 +1,182 @@
+package acmetls
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/storage"
+)
+
+// A record that does not decode, or whose key does not match its leaf, is
+// reported and replaced, never served.
+func TestCorruptRecordIsReplaced(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		corrupt func(b []byte) []byte
+	}{
+		{"truncated", func(b []byte) []byte { return b[:len(b)/2] }},
+		{"not json", func([]byte) []byte { return []byte("\x00\x01garbage") }},
+		{"wrong version", func(b []byte) []byte { return []byte(strings.Replace(string(b), `"version":1`, `"version":99`, 1)) }},
+		{"key from another certificate", nil}, // filled in below
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, acmetest.Options{})
+			ctx := context.Background()
+			kts := func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} }
+			if err := e.manager(kts).ManageSync(ctx, "x.example.com", "y.example.com"); err != nil {
+				t.Fatal(err)
+			}
+			key := storage.CertKey("x.example.com", string(ECDSAP256))
+			b, err := e.storage.Load(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var bad []byte
+			if tc.corrupt != nil {
+				bad = tc.corrupt(b)
+			} else {
+				// Swap in y's key: valid PEM, wrong key for x's leaf.
+				yb, _ := e.storage.Load(ctx, storage.CertKey("y.example.com", string(ECDSAP256)))
+				x, _ := storage.ParseCertRecord(b)
+				y, _ := storage.ParseCertRecord(yb)
+				x.KeyPEM = y.KeyPEM
+				bad, _ = x.Marshal()
+			}
+			if err := e.storage.Store(ctx, key, bad); err != nil {
+				t.Fatal(err)
+			}
+			m := e.manager(kts)
+			if err := m.ManageSync(ctx, "x.example.com"); err != nil {
+				t.Fatal(err)
+			}
+			if n := e.ca.FinalizationsFor("x.example.com", "ECDSA"); n != 2 {
+				t.Errorf("finalizations = %d, want 2 (the corrupt record replaced)", n)
+			}
+			if _, err := e.handshake("x.example.com", nil); err != nil {
+				t.Fatal(err)
+			}
+			fixed, _ := e.storage.Load(ctx, key)
+			if _, err := storage.ParseCertRecord(fixed); err != nil {
+				t.Errorf("record still corrupt: %v", err)
+			}
+		})
+	}
+}
+
+// failingStorage fails Load, Store or Lock on demand, on top of a real
+// storage.
+type failingStorage struct {
+	storage.Storage
+	fail atomic.Bool
+}
+
+var errStorageDown = errors.New("storage is down")
+
+func (s *failingStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	if s.fail.Load() {
+		return nil, errStorageDown
+	}
+	return s.Storage.Load(ctx, key)
+}
+
+func (s *failingStorage) Store(ctx context.Context, key string, v []byte) error {
+	if s.fail.Load() {
+		return errStorageDown
+	}
+	return s.Storage.Store(ctx, key, v)
+}
+
+func (s *failingStorage) Lock(ctx context.Context, name string) error {
+	if s.fail.Load() {
+		return errStorageDown
+	}
+	return s.Storage.Lock(ctx, name)
+}
+
+// While storage fails, a handshake for a name not in memory fails with an
+// error that says so and nothing is ordered; names in memory are still
+// served; once storage is back, everything works.
+func TestStorageFailure(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	fs := &failingStorage{Storage: e.storage}
+	m := e.manager(func(m *Manager) {
+		m.Storage = fs
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
+	})
+	ctx := context.Background()
+	if err := m.ManageSync(ctx, "cached.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	orders := len(e.ca.Orders())
+	fs.fail.Store(true)
+	if _, err := e.handshake("cached.example.com", nil); err != nil {
+		t.Errorf("a cached name failed while storage is down: %v", err)
+	}
+	if _, err := e.handshake("new.example.com", nil); err == nil {
+		t.Error("a new name was served while storage is down")
+	}
+	_, err := m.certFor(ctx, "new.example.com", ECDSAP256)
+	if !errors.Is(err, errStorageDown) || !strings.Contains(err.Error(), "new.example.com") {
+		t.Errorf("error = %v, want one naming the key and wrapping the storage's error", err)
+	}
+	if got := len(e.ca.Orders()); got != orders {
+		t.Errorf("%d orders placed while storage was down", got-orders)
+	}
+	fs.fail.Store(false)
+	if _, err := e.handshake("new.example.com", nil); err != nil {
+		t.Errorf("after storage recovered: %v", err)
+	}
+}
+
+// A CA that answers 429 or is unreachable yields a clear error, and the
+// name is obtained once the CA is back.
+func TestCAFailure(t *testing.T) {
+	t.Parallel()
+	var mode atomic.Int32 // 0 ok, 1 rate limited, 2 gone
+	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
+		switch mode.Load() {
+		case 1:
+			if r.URL.Path == "/order-plz" {
+				w.Header().Set("Content-Type", "application/problem+json")
+				w.Header().Set("Retry-After", "3600")
+				w.WriteHeader(http.StatusTooManyRequests)
+				w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently"}`))
+				return true
+			}
+		case 2:
+			hj, ok := w.(http.Hijacker)
+			if ok {
+				if c, _, err := hj.Hijack(); err == nil {
+					c.Close()
+					return true
+				}
+			}
+		}
+		return false
+	}})
+	m := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} })
+	ctx := context.Background()
+
+	mode.Store(1)
+	err := m.ManageSync(ctx, "limited.example.com")
+	if err == nil || !strings.Contains(err.Error(), "rateLimited") || !strings.Contains(err.Error(), "limited.example.com") {
+		t.Errorf("rate limited: err = %v, want the CA's problem and the name", err)
+	}
+	mode.Store(2)
+	err = m.ManageSync(ctx, "gone.example.com")
+	if err == nil || !strings.Contains(err.Error(), "gone.example.com") {
+		t.Errorf("CA gone: err = %v", err)
+	}
+	mode.Store(0)
+	if err := m.ManageSync(ctx, "limited.example.com", "gone.example.com"); err != nil {
+		t.Fatalf("after the CA recovered: %v", err)
+	}
+}
