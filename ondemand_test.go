@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/acmetls/acmetls/internal/acmetest"
 )
@@ -122,5 +125,41 @@ func TestPolicyRefusesWithoutOrders(t *testing.T) {
 	}
 	if n := len(e.ca.Orders()); n != 0 {
 		t.Errorf("the CA saw %d orders, want 0", n)
+	}
+}
+
+// A handshake waiting for an order gives up when its context ends; the
+// order goes on and serves the next handshake.
+func TestHandshakeWaiterHonoursContext(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/order-plz" {
+			<-release
+		}
+		return false
+	}})
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Names: []string{"slow.example.com"}}
+	})
+	serverConn, clientConn := net.Pipe()
+	defer clientConn.Close()
+	go tls.Client(clientConn, &tls.Config{ServerName: "slow.example.com", InsecureSkipVerify: true}).Handshake()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	srv := tls.Server(serverConn, m.TLSConfig())
+	start := time.Now()
+	err := srv.HandshakeContext(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("handshake error = %v, want the context's deadline", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("handshake took %v to give up", d)
+	}
+	close(release)
+	waitFor(t, "the order to finish", func() bool { return e.ca.FinalizationsFor("slow.example.com", "ECDSA") == 1 })
+	if _, err := e.handshake("slow.example.com", nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -14,6 +14,17 @@ import (
 // selfSigned makes a certificate of key type kt for names, valid now.
 func selfSigned(t testing.TB, kt KeyType, names ...string) *tls.Certificate {
 	t.Helper()
+	chainPEM, keyPEM := selfSignedPEM(t, kt, names...)
+	c, err := keyPair(chainPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// selfSignedPEM is selfSigned in PEM: chain, then key.
+func selfSignedPEM(t testing.TB, kt KeyType, names ...string) (string, string) {
+	t.Helper()
 	key, err := generateKey(kt)
 	if err != nil {
 		t.Fatal(err)
@@ -33,9 +44,5 @@ func selfSigned(t testing.TB, kt KeyType, names ...string) *tls.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := keyPair(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyPEM
 }

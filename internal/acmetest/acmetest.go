@@ -305,3 +305,7 @@ func (f logfWriter) Write(p []byte) (int, error) {
 	f("%s", strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// RootCommonName returns the common name of root i (0 is the default
+// chain's root).
+func (c *CA) RootCommonName(i int) string { return c.ca.GetRootCert(i).Cert.Subject.CommonName }
