@@ -38,4 +38,3 @@ func FuzzCertFromRecord(f *testing.F) {
 		}
 	})
 }
-

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The demo works as its output says: the printed curl command gets a page
+// over a certificate from the embedded CA, ECDSA for curl, and an
+// RSA-only openssl client gets the RSA certificate for the same name.
+func TestDemoWithOutsideClients(t *testing.T) {
+	for _, tool := range []string{"curl", "openssl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed (.ci/run installs it): %v", tool, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, pw, "", "", "", "127.0.0.1:0", "127.0.0.1:0", false, []string{"localhost"})
+		pw.Close()
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("demo: %v", err)
+		}
+	}()
+
+	var curlCmd, url string
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "serving ") {
+			url = strings.Fields(line)[1]
+		}
+		if strings.HasPrefix(line, "curl ") {
+			curlCmd = line
+			break
+		}
+	}
+	go io.Copy(io.Discard, pr)
+	if curlCmd == "" {
+		t.Fatal("the demo printed no curl command")
+	}
+
+	args := strings.Fields(curlCmd)
+	cctx, ccancel := context.WithTimeout(ctx, time.Minute)
+	defer ccancel()
+	out, err := exec.CommandContext(cctx, args[0], append([]string{"--silent", "--show-error"}, args[1:]...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", curlCmd, err, out)
+	}
+	page := string(out)
+	for _, want := range []string{"server name: localhost", "certificate: ECDSA, serial ", "not after 20"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page lacks %q:\n%s", want, page)
+		}
+	}
+
+	hostPort := strings.TrimSuffix(strings.TrimPrefix(url, "https://localhost"), "/")
+	ossl := exec.CommandContext(cctx, "openssl", "s_client", "-connect", "127.0.0.1"+hostPort,
+		"-servername", "localhost", "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256")
+	ossl.Stdin = strings.NewReader("")
+	out, err = ossl.CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl s_client: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "Server public key is 2048 bit") {
+		t.Errorf("the RSA-only client did not get the RSA 2048 certificate:\n%s", out)
+	}
+}
