@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -199,9 +200,20 @@ func (m *Manager) logger() *zap.Logger {
 	return zap.NewNop()
 }
 
+// defaultStorageDir is acmetls under the user's data directory:
+// $XDG_DATA_HOME, else ~/.local/share on Unix; the user's configuration
+// directory on macOS and Windows.
 func defaultStorageDir() string {
-	if dir, err := os.UserConfigDir(); err == nil {
+	if runtime.GOOS == "darwin" || runtime.GOOS == "windows" {
+		if dir, err := os.UserConfigDir(); err == nil {
+			return filepath.Join(dir, "acmetls")
+		}
+	}
+	if dir := os.Getenv("XDG_DATA_HOME"); dir != "" {
 		return filepath.Join(dir, "acmetls")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "acmetls")
 	}
 	return filepath.Join(os.TempDir(), "acmetls")
 }

@@ -157,18 +157,6 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	return p
 }
 
-// remove drops name from the cache.
-func (c *cache) remove(name string) {
-	key, m := name, (*shard).exactMap
-	if parent, ok := wildcardParent(name); ok {
-		key, m = parent, (*shard).wildMap
-	}
-	s := c.shard(key)
-	s.mu.Lock()
-	delete(m(s), key)
-	s.mu.Unlock()
-}
-
 // len counts the cached names.
 func (c *cache) len() int {
 	n := 0

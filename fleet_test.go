@@ -14,10 +14,6 @@ func TestSharedStorageOrdersOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, acmetest.Options{})
 	const name = "shared.example.com"
-	// Register the account first so the race is on the certificate.
-	if err := e.manager().ManageSync(context.Background(), "warmup.example.com"); err != nil {
-		t.Fatal(err)
-	}
 	managers := []*Manager{e.manager(), e.manager(), e.manager()}
 	var wg sync.WaitGroup
 	errs := make([]error, len(managers))
@@ -33,6 +29,9 @@ func TestSharedStorageOrdersOnce(t *testing.T) {
 		if err != nil {
 			t.Errorf("manager %d: %v", i, err)
 		}
+	}
+	if n := e.ca.Accounts(); n != 1 {
+		t.Errorf("the CA created %d accounts, want 1 for the storage", n)
 	}
 	for _, alg := range []string{"ECDSA", "RSA"} {
 		if n := e.ca.FinalizationsFor(name, alg); n != 1 {

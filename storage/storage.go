@@ -11,6 +11,8 @@ package storage
 import (
 	"context"
 	"strings"
+
+	"github.com/caddyserver/certmagic"
 )
 
 // Storage is a key-value store shared by every process that serves the same
@@ -119,3 +121,9 @@ func Safe(s string) string {
 	}
 	return out
 }
+
+// Every CertMagic storage backend is a Storage, the file system one first.
+var (
+	_ Storage = (certmagic.Storage)(nil)
+	_ Storage = (*certmagic.FileStorage)(nil)
+)

@@ -59,9 +59,10 @@ type CA struct {
 	ca        *ca.CAImpl
 	db        *db.MemoryStore
 
-	mu     sync.Mutex // guards orders and finals
-	orders []Order
-	finals []Finalization
+	mu       sync.Mutex // guards orders, finals and accounts
+	orders   []Order
+	finals   []Finalization
+	accounts int
 }
 
 // Order is a newOrder request the CA accepted.
@@ -167,6 +168,13 @@ func (c *CA) Orders() []Order {
 	return append([]Order(nil), c.orders...)
 }
 
+// Accounts counts the accounts the CA created.
+func (c *CA) Accounts() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.accounts
+}
+
 // Finalizations returns the finalizations the CA accepted so far.
 func (c *CA) Finalizations() []Finalization {
 	c.mu.Lock()
@@ -191,6 +199,16 @@ func (c *CA) count(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		isOrder := r.Method == http.MethodPost && r.URL.Path == "/order-plz"
 		isFinal := r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/finalize-order/")
+		if r.Method == http.MethodPost && r.URL.Path == "/sign-me-up" {
+			sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+			next.ServeHTTP(sw, r)
+			if sw.status == http.StatusCreated {
+				c.mu.Lock()
+				c.accounts++
+				c.mu.Unlock()
+			}
+			return
+		}
 		if !isOrder && !isFinal {
 			next.ServeHTTP(w, r)
 			return
