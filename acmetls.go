@@ -115,6 +115,7 @@ type Manager struct {
 	obtains  inflight.Group[*tls.Certificate] // by name and key type
 	accounts inflight.Group[*acme.Account]    // by CA and email
 	chal     challenges
+	interned interner
 	denied   denials
 
 	mu      sync.RWMutex        // guards managed and account

@@ -59,31 +59,35 @@ func (p *certPair) with(kt KeyType, c *tls.Certificate) *certPair {
 // handshake sees the old pair or the new one, never neither.
 type entry struct {
 	certs atomic.Pointer[certPair]
-	used  atomic.Uint64 // cache tick of the last hit, for eviction
+	// ref is set by a hit and cleared by the eviction hand passing by.
+	ref  atomic.Bool
+	key  string
+	wild bool
 }
 
 // cache maps server names to certificates. Reads take only a shard's read
-// lock and allocate nothing; it holds at most about capacity names and
-// evicts an approximation of the least recently used one (the oldest of a
-// few sampled) when a shard is full.
+// lock and allocate nothing. Each shard holds at most its share of the
+// capacity and evicts with the CLOCK algorithm: a hand sweeps the shard's
+// entries, sparing (and unmarking) those hit since it last passed, and
+// evicting the first that was not. A name in use is never evicted.
 type cache struct {
 	seed     maphash.Seed
 	mask     uint64
 	perShard int
-	tick     atomic.Uint64 // advanced by every insertion
 	shards   []shard
 }
 
 type shard struct {
-	mu    sync.RWMutex      // guards exact and wild
+	mu    sync.RWMutex      // guards exact, wild, ring and hand
 	exact map[string]*entry // by name
 	wild  map[string]*entry // "*.parent", by parent
-	_     [40]byte          // keep shards on separate cache lines
+	ring  []*entry          // every entry, in eviction order from hand
+	hand  int
+	_     [64]byte // keep shards on separate cache lines
 }
 
-// evictionSample is how many entries an eviction compares.
-const evictionSample = 8
-
+// newCache returns a cache for at most capacity names, split into up to 64
+// shards of at least 64 names each.
 func newCache(capacity int) *cache {
 	n := 1
 	for n < 64 && capacity/(n*2) >= 64 {
@@ -92,7 +96,7 @@ func newCache(capacity int) *cache {
 	c := &cache{
 		seed:     maphash.MakeSeed(),
 		mask:     uint64(n - 1),
-		perShard: (capacity + n - 1) / n,
+		perShard: max(capacity/n, 1),
 		shards:   make([]shard, n),
 	}
 	for i := range c.shards {
@@ -126,8 +130,8 @@ func (c *cache) get(name string) *certPair {
 			return nil
 		}
 	}
-	if t := c.tick.Load(); e.used.Load() != t {
-		e.used.Store(t)
+	if !e.ref.Load() {
+		e.ref.Store(true)
 	}
 	return e.certs.Load()
 }
@@ -135,26 +139,50 @@ func (c *cache) get(name string) *certPair {
 // put publishes the certificate of type kt for name (a "*.parent" name is a
 // wildcard), keeping the name's other certificate. It returns the new pair.
 func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
-	key, m := name, (*shard).exactMap
+	key, wild := name, false
 	if parent, ok := wildcardParent(name); ok {
-		key, m = parent, (*shard).wildMap
+		key, wild = parent, true
 	}
 	s := c.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	byKey := m(s)
+	byKey := s.exact
+	if wild {
+		byKey = s.wild
+	}
 	e := byKey[key]
 	if e == nil {
-		e = new(entry)
-		e.used.Store(c.tick.Add(1))
-		if len(s.exact)+len(s.wild) >= c.perShard {
-			s.evictOne()
-		}
+		e = &entry{key: key, wild: wild}
+		s.insert(e, c.perShard)
 		byKey[key] = e
 	}
 	p := e.certs.Load().with(kt, cert)
 	e.certs.Store(p)
 	return p
+}
+
+// insert places e in the ring, evicting an entry if the shard is full.
+func (s *shard) insert(e *entry, capacity int) {
+	if len(s.ring) < capacity {
+		s.ring = append(s.ring, e)
+		return
+	}
+	for {
+		old := s.ring[s.hand]
+		if old.ref.Load() {
+			old.ref.Store(false)
+			s.hand = (s.hand + 1) % len(s.ring)
+			continue
+		}
+		if old.wild {
+			delete(s.wild, old.key)
+		} else {
+			delete(s.exact, old.key)
+		}
+		s.ring[s.hand] = e
+		s.hand = (s.hand + 1) % len(s.ring)
+		return
+	}
 }
 
 // len counts the cached names.
@@ -167,33 +195,6 @@ func (c *cache) len() int {
 		s.mu.RUnlock()
 	}
 	return n
-}
-
-func (s *shard) exactMap() map[string]*entry { return s.exact }
-func (s *shard) wildMap() map[string]*entry  { return s.wild }
-
-// evictOne drops the least recently used of a few entries. Go's map
-// iteration starts at a random place, so the sample is random.
-func (s *shard) evictOne() {
-	var (
-		victim  string
-		vmap    map[string]*entry
-		oldest  uint64
-		sampled int
-	)
-	for _, m := range [2]map[string]*entry{s.exact, s.wild} {
-		for k, e := range m {
-			if u := e.used.Load(); vmap == nil || u < oldest {
-				victim, vmap, oldest = k, m, u
-			}
-			if sampled++; sampled == evictionSample {
-				break
-			}
-		}
-	}
-	if vmap != nil {
-		delete(vmap, victim)
-	}
 }
 
 // wildcardParent returns "example.com" for "*.example.com".

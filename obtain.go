@@ -103,6 +103,7 @@ func (m *Manager) certFromRecord(ctx context.Context, b []byte, name string, kt 
 	if err := checkNotAccountKey(c.Leaf.PublicKey, m.accountKey(ctx)); err != nil {
 		return nil, err
 	}
+	m.interned.chain(c.Certificate)
 	return c, nil
 }
 
@@ -142,6 +143,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType) (*tls.Cer
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: the CA's certificate for %q: %w", name, err)
 	}
+	m.interned.chain(c.Certificate)
 	rec := storage.CertRecord{
 		Names:    []string{name},
 		KeyType:  string(kt),

@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"testing"
 	"time"
 )
@@ -46,3 +47,6 @@ func selfSignedPEM(t testing.TB, kt KeyType, names ...string) (string, string) {
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyPEM
 }
+
+// pipe returns the two ends of an in-memory full-duplex connection.
+func pipe() (net.Conn, net.Conn) { return net.Pipe() }

@@ -1,0 +1,164 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/acmetls/acmetls/storage"
+)
+
+// goHello returns the ClientHelloInfo that Go's own TLS client sends with
+// cfg, as a server sees it.
+func goHello(t testing.TB, name string, cfg *tls.Config) *tls.ClientHelloInfo {
+	t.Helper()
+	cfg = cfg.Clone()
+	cfg.ServerName = name
+	hellos := make(chan *tls.ClientHelloInfo, 1)
+	srvCfg := &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		hellos <- h
+		return nil, fmt.Errorf("captured")
+	}}
+	c1, c2 := pipe()
+	go tls.Client(c1, cfg).Handshake()
+	_ = tls.Server(c2, srvCfg).Handshake()
+	c1.Close()
+	c2.Close()
+	h := <-hellos
+	// Keep what GetCertificate reads, not the connection.
+	return &tls.ClientHelloInfo{
+		ServerName: h.ServerName, CipherSuites: h.CipherSuites, SupportedCurves: h.SupportedCurves,
+		SupportedPoints: h.SupportedPoints, SignatureSchemes: h.SignatureSchemes,
+		SupportedProtos: h.SupportedProtos, SupportedVersions: h.SupportedVersions,
+	}
+}
+
+// cachedManager is a Manager whose cache holds ECDSA and RSA certificates
+// for names, with a staple attached, and a wildcard for *.wild.example.com.
+func cachedManager(t testing.TB, capacity int, names ...string) *Manager {
+	t.Helper()
+	m := &Manager{Storage: &storage.Memory{}, CacheCapacity: capacity}
+	if err := m.init(); err != nil {
+		t.Fatal(err)
+	}
+	certs := testCerts(t, ECDSAP256, RSA2048)
+	for _, kt := range []KeyType{ECDSAP256, RSA2048} {
+		c := *certs[kt]
+		c.OCSPStaple = []byte("a staple")
+		for _, n := range names {
+			m.cache.put(n, kt, &c)
+		}
+		m.cache.put("*.wild.example.com", kt, &c)
+	}
+	return m
+}
+
+// A cache hit allocates nothing, for either key type, for a wildcard hit,
+// and with a staple attached.
+func TestCacheHitAllocatesNothing(t *testing.T) {
+	if testing.Short() || raceEnabled {
+		// -race instruments allocations; the run without it checks.
+		t.Log("allocation counts are checked without -race")
+	}
+	m := cachedManager(t, 0, "www.example.com")
+	for _, tc := range []struct {
+		name, sni string
+		client    *tls.Config
+		wantAlg   string
+	}{
+		{"ECDSA", "www.example.com", &tls.Config{}, "ECDSA"},
+		{"RSA-only client", "www.example.com", rsaOnlyTLS12, "RSA"},
+		{"wildcard", "shop.wild.example.com", &tls.Config{}, "ECDSA"},
+		{"wildcard RSA", "shop.wild.example.com", rsaOnlyTLS12, "RSA"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hello := goHello(t, tc.sni, tc.client)
+			c, err := m.GetCertificate(hello)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Leaf.PublicKeyAlgorithm.String(); got != tc.wantAlg {
+				t.Fatalf("got %s, want %s", got, tc.wantAlg)
+			}
+			if string(c.OCSPStaple) != "a staple" {
+				t.Fatal("staple missing")
+			}
+			if raceEnabled {
+				return
+			}
+			if n := testing.AllocsPerRun(1000, func() { _, _ = m.GetCertificate(hello) }); n != 0 {
+				t.Errorf("cache hit allocates %v times", n)
+			}
+		})
+	}
+}
+
+// The cache never holds more than its capacity, keeps the names in use,
+// and its memory stays flat under a sweep of a million distinct names.
+func TestCacheEvictionBound(t *testing.T) {
+	const capacity, hot = 1000, 50
+	m := cachedManager(t, capacity)
+	c := m.cache
+	cert := selfSigned(t, ECDSAP256, "x.example.com")
+	sweep := 1_000_000
+	if raceEnabled {
+		sweep = 200_000
+	}
+	var before runtime.MemStats
+	for i := 0; i < sweep; i++ {
+		if i%100 == 0 {
+			for h := 0; h < hot; h++ {
+				if p := c.get(fmt.Sprintf("hot%d.example.com", h)); p == nil && i > 0 {
+					t.Fatalf("hot name %d evicted after %d insertions", h, i)
+				}
+			}
+		}
+		if i == 0 {
+			for h := 0; h < hot; h++ {
+				c.put(fmt.Sprintf("hot%d.example.com", h), ECDSAP256, cert)
+			}
+		}
+		c.put(fmt.Sprintf("n%d.example.com", i), ECDSAP256, cert)
+		if n := c.len(); n > capacity {
+			t.Fatalf("cache holds %d names, capacity %d", n, capacity)
+		}
+		if i == 10_000 {
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+		}
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	growth := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("heap after 10k names: %d KiB; after %d: %d KiB", before.HeapAlloc>>10, sweep, after.HeapAlloc>>10)
+	if growth > 4<<20 {
+		t.Errorf("heap grew by %d KiB over the sweep", growth>>10)
+	}
+}
+
+// A flood of handshakes for random unknown names costs bounded memory: no
+// certificate, no cache entry, a bounded table of denials.
+func TestUnknownNameFloodIsBounded(t *testing.T) {
+	m := &Manager{Storage: &storage.Memory{}, OnDemand: &OnDemand{Names: []string{"only.example.com"}}}
+	hello := &tls.ClientHelloInfo{SupportedVersions: []uint16{tls.VersionTLS13}}
+	n := 3 * maxDenials
+	for i := 0; i < n; i++ {
+		hello.ServerName = fmt.Sprintf("r%d.example.com", i)
+		if _, err := m.GetCertificate(hello); err == nil {
+			t.Fatal("served an unknown name")
+		}
+	}
+	if got := m.cache.len(); got != 0 {
+		t.Errorf("cache holds %d names", got)
+	}
+	m.denied.mu.Lock()
+	d := len(m.denied.byName)
+	m.denied.mu.Unlock()
+	if d > maxDenials {
+		t.Errorf("%d denials remembered, bound %d", d, maxDenials)
+	}
+	_ = context.Background
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package acmetls
+
+const raceEnabled = true
