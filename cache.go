@@ -66,14 +66,16 @@ type entry struct {
 }
 
 // cache maps server names to certificates. Reads take only a shard's read
-// lock and allocate nothing. Each shard holds at most its share of the
-// capacity and evicts with the CLOCK algorithm: a hand sweeps the shard's
-// entries, sparing (and unmarking) those hit since it last passed, and
-// evicting the first that was not. A name in use is never evicted.
+// lock and allocate nothing. It holds at most capacity names; when full,
+// an insertion evicts from its own shard with the CLOCK algorithm: a hand
+// sweeps the shard's entries, sparing (and unmarking) those hit since it
+// last passed, and evicting the first that was not. A name in use is not
+// evicted while the cache has colder ones.
 type cache struct {
 	seed     maphash.Seed
 	mask     uint64
-	perShard int
+	capacity int64
+	count    atomic.Int64 // names held, across shards
 	shards   []shard
 }
 
@@ -87,7 +89,7 @@ type shard struct {
 }
 
 // newCache returns a cache for at most capacity names, split into up to 64
-// shards of at least 64 names each.
+// shards.
 func newCache(capacity int) *cache {
 	n := 1
 	for n < 64 && capacity/(n*2) >= 64 {
@@ -96,7 +98,7 @@ func newCache(capacity int) *cache {
 	c := &cache{
 		seed:     maphash.MakeSeed(),
 		mask:     uint64(n - 1),
-		perShard: max(capacity/n, 1),
+		capacity: int64(max(capacity, 1)),
 		shards:   make([]shard, n),
 	}
 	for i := range c.shards {
@@ -153,7 +155,7 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	e := byKey[key]
 	if e == nil {
 		e = &entry{key: key, wild: wild}
-		s.insert(e, c.perShard)
+		c.insert(s, e)
 		byKey[key] = e
 	}
 	p := e.certs.Load().with(kt, cert)
@@ -161,12 +163,43 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	return p
 }
 
-// insert places e in the ring, evicting an entry if the shard is full.
-func (s *shard) insert(e *entry, capacity int) {
-	if len(s.ring) < capacity {
+// insert places e in s, whose lock the caller holds. When the cache is
+// full it evicts one entry: from s, or if s is empty from the first other
+// shard it can lock without waiting.
+func (c *cache) insert(s *shard, e *entry) {
+	if c.count.Add(1) <= c.capacity {
 		s.ring = append(s.ring, e)
 		return
 	}
+	if len(s.ring) > 0 {
+		s.ring[s.evict()] = e
+		c.count.Add(-1)
+		return
+	}
+	s.ring = append(s.ring, e)
+	for i := range c.shards {
+		o := &c.shards[i]
+		if o == s || !o.mu.TryLock() {
+			continue
+		}
+		if len(o.ring) > 0 {
+			last := len(o.ring) - 1
+			o.ring[o.evict()] = o.ring[last]
+			o.ring = o.ring[:last]
+			if o.hand >= len(o.ring) {
+				o.hand = 0
+			}
+			c.count.Add(-1)
+			o.mu.Unlock()
+			return
+		}
+		o.mu.Unlock()
+	}
+}
+
+// evict removes the entry the CLOCK hand settles on from the maps and
+// returns its ring slot, for the caller to reuse or fill.
+func (s *shard) evict() int {
 	for {
 		old := s.ring[s.hand]
 		if old.ref.Load() {
@@ -179,9 +212,9 @@ func (s *shard) insert(e *entry, capacity int) {
 		} else {
 			delete(s.exact, old.key)
 		}
-		s.ring[s.hand] = e
+		slot := s.hand
 		s.hand = (s.hand + 1) % len(s.ring)
-		return
+		return slot
 	}
 }
 

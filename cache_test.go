@@ -162,3 +162,51 @@ func TestUnknownNameFloodIsBounded(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+// With more shards than names per shard, an insertion into an empty shard
+// evicts from another, and the bound holds exactly.
+func TestCacheBoundAcrossShards(t *testing.T) {
+	c := newCache(128 * 64) // 64 shards of 128 on average
+	cert := selfSigned(t, ECDSAP256, "x.example.com")
+	for i := 0; i < 50_000; i++ {
+		c.put(fmt.Sprintf("n%d.example.com", i), ECDSAP256, cert)
+	}
+	if n, want := c.len(), 128*64; n != want {
+		t.Fatalf("cache holds %d names, want exactly its capacity %d", n, want)
+	}
+	// A tiny cache: every shard but one ends up empty at times.
+	c = newCache(1)
+	for i := 0; i < 1000; i++ {
+		c.put(fmt.Sprintf("n%d.example.com", i), ECDSAP256, cert)
+		if n := c.len(); n != 1 {
+			t.Fatalf("capacity-1 cache holds %d names", n)
+		}
+	}
+}
+
+// A full cache inserting into an empty shard evicts from another shard.
+func TestCacheStealsFromAnotherShard(t *testing.T) {
+	c := newCache(64 * 64)
+	if len(c.shards) < 2 {
+		t.Fatalf("%d shards", len(c.shards))
+	}
+	cert := selfSigned(t, ECDSAP256, "x.example.com")
+	c.put("a.example.com", ECDSAP256, cert)
+	first := c.shard("a.example.com")
+	c.count.Store(c.capacity) // as if every other slot were taken
+	var other string
+	for i := 0; ; i++ {
+		other = fmt.Sprintf("b%d.example.com", i)
+		if c.shard(other) != first {
+			break
+		}
+	}
+	c.put(other, ECDSAP256, cert)
+	if c.get("a.example.com") != nil || c.get(other) == nil {
+		t.Fatal("the insertion into an empty shard did not evict from the other")
+	}
+	if got := c.count.Load(); got != c.capacity {
+		t.Errorf("count = %d, want %d", got, c.capacity)
+	}
+	c.put("c.example.com", ECDSAP256, cert) // the emptied shard works again
+}
