@@ -3,6 +3,7 @@ package acmetls
 import (
 	"crypto/tls"
 	"hash/maphash"
+	"maps"
 	"sync"
 	"sync/atomic"
 )
@@ -65,12 +66,19 @@ type entry struct {
 	wild bool
 }
 
-// cache maps server names to certificates. Reads take only a shard's read
-// lock and allocate nothing. It holds at most capacity names; when full,
-// an insertion evicts from its own shard with the CLOCK algorithm: a hand
-// sweeps the shard's entries, sparing (and unmarking) those hit since it
-// last passed, and evicting the first that was not. A name in use is not
-// evicted while the cache has colder ones.
+// cache maps server names to certificates.
+//
+// A read takes no lock and writes no shared memory (but a hit's mark, once
+// per eviction sweep): each shard publishes an immutable map through an
+// atomic pointer, and a writer copies the shard's map, which is kept small
+// (about shardSize names) by the number of shards. Replacing the
+// certificates of a cached name copies nothing.
+//
+// The cache holds at most capacity names. When full, an insertion evicts
+// from its own shard with the CLOCK algorithm: a hand sweeps the shard's
+// entries, sparing (and unmarking) those hit since it last passed, and
+// evicting the first that was not. A name in use is not evicted while the
+// shard has colder ones.
 type cache struct {
 	seed     maphash.Seed
 	mask     uint64
@@ -80,30 +88,41 @@ type cache struct {
 }
 
 type shard struct {
-	mu    sync.RWMutex      // guards exact, wild, ring and hand
-	exact map[string]*entry // by name
-	wild  map[string]*entry // "*.parent", by parent
-	ring  []*entry          // every entry, in eviction order from hand
-	hand  int
-	_     [64]byte // keep shards on separate cache lines
+	maps atomic.Pointer[shardMaps]
+	mu   sync.Mutex // serializes writers; guards ring and hand
+	ring []*entry   // every entry, in eviction order from hand
+	hand int
 }
 
-// newCache returns a cache for at most capacity names, split into up to 64
-// shards.
+// shardMaps is one shard's names; never modified once published.
+type shardMaps struct {
+	exact map[string]*entry // by name
+	wild  map[string]*entry // "*.parent", by parent
+}
+
+const (
+	// shardSize is the number of names a shard holds on average when
+	// the cache is full: small enough to copy on insertion.
+	shardSize = 256
+	maxShards = 4096
+)
+
+// newCache returns a cache for at most capacity names.
 func newCache(capacity int) *cache {
+	capacity = max(capacity, 1)
 	n := 1
-	for n < 64 && capacity/(n*2) >= 64 {
+	for n < maxShards && n*shardSize < capacity {
 		n *= 2
 	}
 	c := &cache{
 		seed:     maphash.MakeSeed(),
 		mask:     uint64(n - 1),
-		capacity: int64(max(capacity, 1)),
+		capacity: int64(capacity),
 		shards:   make([]shard, n),
 	}
+	empty := &shardMaps{exact: map[string]*entry{}, wild: map[string]*entry{}}
 	for i := range c.shards {
-		c.shards[i].exact = make(map[string]*entry)
-		c.shards[i].wild = make(map[string]*entry)
+		c.shards[i].maps.Store(empty)
 	}
 	return c
 }
@@ -113,22 +132,22 @@ func (c *cache) shard(key string) *shard {
 }
 
 // get returns the certificates for name: an exact entry first, then a
-// wildcard one level up. It allocates nothing.
-func (c *cache) get(name string) *certPair {
-	s := c.shard(name)
-	s.mu.RLock()
-	e := s.exact[name]
-	s.mu.RUnlock()
+// wildcard one level up. It allocates nothing and takes no lock.
+//
+// Only normalized names are ever cached, so an exact hit proves name
+// normal. A wildcard hit needs a valid first label: unless normalized says
+// name was normalized, a first label that is not plainly valid (including
+// an IDNA one, whose check is slow) is no hit.
+func (c *cache) get(name string) *certPair { return c.lookup(name, false) }
+
+func (c *cache) lookup(name string, normalized bool) *certPair {
+	e := c.shard(name).maps.Load().exact[name]
 	if e == nil {
-		parent, ok := parentOf(name)
-		if !ok {
+		label, parent, ok := splitFirstLabel(name)
+		if !ok || !normalized && !isNormalLabel(label) {
 			return nil
 		}
-		s = c.shard(parent)
-		s.mu.RLock()
-		e = s.wild[parent]
-		s.mu.RUnlock()
-		if e == nil {
+		if e = c.shard(parent).maps.Load().wild[parent]; e == nil {
 			return nil
 		}
 	}
@@ -148,47 +167,54 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	s := c.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	byKey := s.exact
+	cur := s.maps.Load()
+	e := cur.exact[key]
 	if wild {
-		byKey = s.wild
+		e = cur.wild[key]
 	}
-	e := byKey[key]
 	if e == nil {
 		e = &entry{key: key, wild: wild}
 		c.insert(s, e)
-		byKey[key] = e
 	}
 	p := e.certs.Load().with(kt, cert)
 	e.certs.Store(p)
 	return p
 }
 
-// insert places e in s, whose lock the caller holds. When the cache is
-// full it evicts one entry: from s, or if s is empty from the first other
-// shard it can lock without waiting.
+// insert adds e to s, whose lock the caller holds. When the cache is full
+// it evicts one entry: from s, or if s is empty from the first other shard
+// it can lock without waiting.
 func (c *cache) insert(s *shard, e *entry) {
 	if c.count.Add(1) <= c.capacity {
 		s.ring = append(s.ring, e)
+		s.publish(e, nil)
 		return
 	}
 	if len(s.ring) > 0 {
-		s.ring[s.evict()] = e
+		slot := s.clockHand()
+		victim := s.ring[slot]
+		s.ring[slot] = e
+		s.publish(e, victim)
 		c.count.Add(-1)
 		return
 	}
 	s.ring = append(s.ring, e)
+	s.publish(e, nil)
 	for i := range c.shards {
 		o := &c.shards[i]
 		if o == s || !o.mu.TryLock() {
 			continue
 		}
 		if len(o.ring) > 0 {
+			slot := o.clockHand()
+			victim := o.ring[slot]
 			last := len(o.ring) - 1
-			o.ring[o.evict()] = o.ring[last]
+			o.ring[slot] = o.ring[last]
 			o.ring = o.ring[:last]
 			if o.hand >= len(o.ring) {
 				o.hand = 0
 			}
+			o.publish(nil, victim)
 			c.count.Add(-1)
 			o.mu.Unlock()
 			return
@@ -197,35 +223,53 @@ func (c *cache) insert(s *shard, e *entry) {
 	}
 }
 
-// evict removes the entry the CLOCK hand settles on from the maps and
-// returns its ring slot, for the caller to reuse or fill.
-func (s *shard) evict() int {
+// clockHand returns the ring slot of the entry to evict, advancing the
+// hand past the entries hit since it last passed.
+func (s *shard) clockHand() int {
 	for {
-		old := s.ring[s.hand]
-		if old.ref.Load() {
-			old.ref.Store(false)
-			s.hand = (s.hand + 1) % len(s.ring)
-			continue
-		}
-		if old.wild {
-			delete(s.wild, old.key)
-		} else {
-			delete(s.exact, old.key)
-		}
+		e := s.ring[s.hand]
 		slot := s.hand
 		s.hand = (s.hand + 1) % len(s.ring)
-		return slot
+		if !e.ref.Load() {
+			return slot
+		}
+		e.ref.Store(false)
 	}
+}
+
+// publish replaces the shard's maps by a copy with add added and drop
+// dropped (either may be nil).
+func (s *shard) publish(add, drop *entry) {
+	cur := s.maps.Load()
+	next := &shardMaps{exact: cur.exact, wild: cur.wild}
+	var exactCopied, wildCopied bool
+	mapFor := func(e *entry) map[string]*entry {
+		if e.wild {
+			if !wildCopied {
+				next.wild, wildCopied = maps.Clone(cur.wild), true
+			}
+			return next.wild
+		}
+		if !exactCopied {
+			next.exact, exactCopied = maps.Clone(cur.exact), true
+		}
+		return next.exact
+	}
+	if drop != nil {
+		delete(mapFor(drop), drop.key)
+	}
+	if add != nil {
+		mapFor(add)[add.key] = add
+	}
+	s.maps.Store(next)
 }
 
 // len counts the cached names.
 func (c *cache) len() int {
 	n := 0
 	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.RLock()
-		n += len(s.exact) + len(s.wild)
-		s.mu.RUnlock()
+		m := c.shards[i].maps.Load()
+		n += len(m.exact) + len(m.wild)
 	}
 	return n
 }

@@ -104,7 +104,7 @@ func TestCacheEvictionBound(t *testing.T) {
 	cert := selfSigned(t, ECDSAP256, "x.example.com")
 	sweep := 1_000_000
 	if raceEnabled {
-		sweep = 200_000
+		sweep = 100_000
 	}
 	var before runtime.MemStats
 	for i := 0; i < sweep; i++ {
@@ -209,4 +209,31 @@ func TestCacheStealsFromAnotherShard(t *testing.T) {
 		t.Errorf("count = %d, want %d", got, c.capacity)
 	}
 	c.put("c.example.com", ECDSAP256, cert) // the emptied shard works again
+}
+
+// A wildcard entry serves names whose first label is valid, IDNA labels
+// included, and nothing else.
+func TestWildcardHit(t *testing.T) {
+	m := cachedManager(t, 0)
+	tls13 := []uint16{tls.VersionTLS13}
+	for _, tc := range []struct {
+		sni  string
+		want bool
+	}{
+		{"shop.wild.example.com", true},
+		{"SHOP.wild.example.com", true},
+		{"bücher.wild.example.com", true},
+		{"xn--bcher-kva.wild.example.com", true},
+		{"a.b.wild.example.com", false},
+		{"a/b.wild.example.com", false},
+		{"-a.wild.example.com", false},
+		{".wild.example.com", false},
+		{"xn--a.wild.example.com", false},
+		{"wild.example.com", false},
+	} {
+		c, err := m.GetCertificate(&tls.ClientHelloInfo{ServerName: tc.sni, SupportedVersions: tls13})
+		if got := err == nil && c != nil; got != tc.want {
+			t.Errorf("%q: served = %v (%v), want %v", tc.sni, got, err, tc.want)
+		}
+	}
 }

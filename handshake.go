@@ -24,8 +24,8 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if err := m.init(); err != nil {
 		return nil, err
 	}
-	if !isChallengeHello(hello) && checkHostname(hello.ServerName) == "" {
-		// Only normalized names are cached, so a name in the cache
+	if !isChallengeHello(hello) {
+		// Only normalized names are cached: a name found in the cache
 		// needs no further checks.
 		if p := m.cache.get(hello.ServerName); p != nil {
 			if c := p.choose(hello); c != nil {
@@ -55,7 +55,7 @@ func helloContext(hello *tls.ClientHelloInfo) context.Context {
 // getCertificateSlow serves a name the cache cannot: storage first, then
 // the CA.
 func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
-	if p := m.cache.get(name); p != nil {
+	if p := m.cache.lookup(name, true); p != nil {
 		if c := p.choose(hello); c != nil {
 			return c, nil
 		}

@@ -32,7 +32,7 @@ const (
 // name, including IP literals and wildcards. A name already in normal form
 // is returned as is, without allocating.
 func normalizeName(name string) (string, error) {
-	if checkHostname(name) == "" && !strings.Contains(name, "xn--") {
+	if isNormal(name) && !strings.Contains(name, "xn--") {
 		return name, nil
 	}
 	return normalizeSlow(name)
@@ -78,6 +78,58 @@ func normalizeSlow(raw string) (string, error) {
 	return name, nil
 }
 
+// hostByte classifies the bytes of a host name in normal form.
+var hostByte = func() (t [256]uint8) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = byteLetter
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = byteDigit
+	}
+	t['-'] = byteHyphen
+	t['.'] = byteDot
+	return t
+}()
+
+const (
+	byteInvalid = iota
+	byteLetter
+	byteDigit
+	byteHyphen
+	byteDot
+)
+
+// isNormal reports whether checkHostname(name) == "", fast: it is on the
+// handshake path.
+func isNormal(name string) bool {
+	if len(name) == 0 || len(name) > maxNameLen {
+		return false
+	}
+	start, digitsOnly := 0, true
+	prev := uint8(byteDot)
+	for i := 0; i < len(name); i++ {
+		switch c := hostByte[name[i]]; c {
+		case byteLetter:
+			digitsOnly = false
+		case byteDigit:
+		case byteHyphen:
+			if prev == byteDot {
+				return false // label starts with '-'
+			}
+			digitsOnly = false
+		case byteDot:
+			if prev == byteDot || prev == byteHyphen || i-start > maxLabelLen {
+				return false // empty label, label ends with '-', or too long
+			}
+			start, digitsOnly = i+1, true
+		default:
+			return false
+		}
+		prev = hostByte[name[i]]
+	}
+	return prev != byteDot && prev != byteHyphen && len(name)-start <= maxLabelLen && !digitsOnly
+}
+
 // checkHostname returns "" if name is a host name in normal form, or why it
 // is not: labels of 1 to 63 of [a-z0-9-], not starting or ending with '-',
 // at most 253 bytes, and a last label that is not all digits.
@@ -120,12 +172,26 @@ func checkHostname(name string) string {
 	return ""
 }
 
-// parentOf returns the name that a wildcard "*.parent" covering name would
-// be keyed by, and false when name has a single label.
-func parentOf(name string) (string, bool) {
+// splitFirstLabel splits "a.b.c" into "a" and "b.c"; ok is false for a
+// name with a single label.
+func splitFirstLabel(name string) (label, parent string, ok bool) {
 	i := strings.IndexByte(name, '.')
 	if i < 0 || i == len(name)-1 {
-		return "", false
+		return "", "", false
 	}
-	return name[i+1:], true
+	return name[:i], name[i+1:], true
+}
+
+// isNormalLabel reports whether label is one label of a name in normal
+// form (not checking the all-digits rule, which applies to the last label).
+func isNormalLabel(label string) bool {
+	if len(label) == 0 || len(label) > maxLabelLen || label[0] == '-' || label[len(label)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(label); i++ {
+		if c := hostByte[label[i]]; c == byteInvalid || c == byteDot {
+			return false
+		}
+	}
+	return !strings.HasPrefix(label, "xn--")
 }

@@ -107,6 +107,20 @@ func TestBadServerNamesNeverReachCAOrStorage(t *testing.T) {
 
 // Whatever a name is, the keys built from it stay under the prefix, in
 // their own segment.
+// isNormal is the handshake path's fast form of checkHostname.
+func TestIsNormalMatchesCheckHostname(t *testing.T) {
+	for _, tc := range badNameCases {
+		if got, want := isNormal(tc.sni), checkHostname(tc.sni) == ""; got != want {
+			t.Errorf("isNormal(%q) = %v, want %v", tc.sni, got, want)
+		}
+	}
+	for _, s := range []string{"a", "a-b.c", "a-.b", "-a.b", "a..b", "1.2", "a.1", "1a.b2", "x." + strings.Repeat("b", 63), "x." + strings.Repeat("b", 64), strings.Repeat("c", 64) + ".x"} {
+		if got, want := isNormal(s), checkHostname(s) == ""; got != want {
+			t.Errorf("isNormal(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
 func TestStorageKeysStayUnderPrefix(t *testing.T) {
 	t.Parallel()
 	for _, tc := range badNameCases {
@@ -148,6 +162,9 @@ func FuzzNormalizeName(f *testing.F) {
 		}
 		if reason := checkHostname(name); reason != "" {
 			t.Fatalf("normalizeName(%q) = %q, not normal: %s", sni, name, reason)
+		}
+		if isNormal(sni) != (checkHostname(sni) == "") {
+			t.Fatalf("isNormal(%q) = %v, checkHostname says %q", sni, isNormal(sni), checkHostname(sni))
 		}
 		if again, err := normalizeName(name); err != nil || again != name {
 			t.Fatalf("not idempotent: %q -> %q -> %q, %v", sni, name, again, err)

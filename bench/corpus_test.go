@@ -21,9 +21,6 @@ import (
 	"github.com/acmetls/acmetls/storage"
 )
 
-// maxNames is the largest number of names a benchmark uses.
-const maxNames = 100_000
-
 // corpus is a local CA and, for each name, an ECDSA P-256 and an RSA 2048
 // certificate issued by its intermediate, as PEM.
 type corpus struct {
