@@ -56,14 +56,17 @@ func (p *certPair) with(kt KeyType, c *tls.Certificate) *certPair {
 	return &n
 }
 
-// entry is one cached name. Its certificates are swapped atomically, so a
-// handshake sees the old pair or the new one, never neither.
+// entry is one cached name as a shard's map holds it: its certificates
+// inline, so a hit follows one pointer from the map. An entry is replaced,
+// never modified, when the name's certificates change; a handshake sees
+// the old entry or the new one, never neither.
 type entry struct {
-	certs atomic.Pointer[certPair]
+	certPair
 	// ref is set by a hit and cleared by the eviction hand passing by.
 	ref  atomic.Bool
 	key  string
 	wild bool
+	slot int // index in the shard's ring; guarded by the shard's mu
 }
 
 // cache maps server names to certificates.
@@ -71,8 +74,7 @@ type entry struct {
 // A read takes no lock and writes no shared memory (but a hit's mark, once
 // per eviction sweep): each shard publishes an immutable map through an
 // atomic pointer, and a writer copies the shard's map, which is kept small
-// (about shardSize names) by the number of shards. Replacing the
-// certificates of a cached name copies nothing.
+// (about shardSize names) by the number of shards.
 //
 // The cache holds at most capacity names. When full, an insertion evicts
 // from its own shard with the CLOCK algorithm: a hand sweeps the shard's
@@ -102,7 +104,7 @@ type shardMaps struct {
 
 const (
 	// shardSize is the number of names a shard holds on average when
-	// the cache is full: small enough to copy on insertion.
+	// the cache is full: small enough to copy on every change.
 	shardSize = 256
 	maxShards = 4096
 )
@@ -133,13 +135,12 @@ func (c *cache) shard(key string) *shard {
 
 // get returns the certificates for name: an exact entry first, then a
 // wildcard one level up. It allocates nothing and takes no lock.
-//
-// Only normalized names are ever cached, so an exact hit proves name
-// normal. A wildcard hit needs a valid first label: unless normalized says
-// name was normalized, a first label that is not plainly valid (including
-// an IDNA one, whose check is slow) is no hit.
 func (c *cache) get(name string) *certPair { return c.lookup(name, false) }
 
+// lookup is get. Only normalized names are ever cached, so an exact hit
+// proves name normal. A wildcard hit needs a valid first label: unless
+// normalized says name was normalized, a first label that is not plainly
+// valid (including an IDNA one, whose check is slow) is no hit.
 func (c *cache) lookup(name string, normalized bool) *certPair {
 	e := c.shard(name).maps.Load().exact[name]
 	if e == nil {
@@ -154,7 +155,7 @@ func (c *cache) lookup(name string, normalized bool) *certPair {
 	if !e.ref.Load() {
 		e.ref.Store(true)
 	}
-	return e.certs.Load()
+	return &e.certPair
 }
 
 // put publishes the certificate of type kt for name (a "*.parent" name is a
@@ -168,38 +169,54 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.maps.Load()
-	e := cur.exact[key]
+	old := cur.exact[key]
 	if wild {
-		e = cur.wild[key]
+		old = cur.wild[key]
 	}
-	if e == nil {
-		e = &entry{key: key, wild: wild}
+	e := &entry{key: key, wild: wild}
+	if old != nil {
+		e.certPair = old.certPair
+		e.ref.Store(old.ref.Load())
+	}
+	if kt.isECDSA() {
+		e.ecdsa, e.ecdsaType = cert, kt
+	} else {
+		e.rsa, e.rsaType = cert, kt
+	}
+	// e is complete: publish it.
+	if old != nil {
+		e.slot = old.slot
+		s.ring[e.slot] = e
+		s.publish(e, old)
+	} else {
 		c.insert(s, e)
 	}
-	p := e.certs.Load().with(kt, cert)
-	e.certs.Store(p)
-	return p
+	return &e.certPair
 }
 
 // insert adds e to s, whose lock the caller holds. When the cache is full
 // it evicts one entry: from s, or if s is empty from the first other shard
 // it can lock without waiting.
 func (c *cache) insert(s *shard, e *entry) {
-	if c.count.Add(1) <= c.capacity {
+	if c.count.Add(1) <= c.capacity || len(s.ring) == 0 {
+		e.slot = len(s.ring)
 		s.ring = append(s.ring, e)
 		s.publish(e, nil)
+		if c.count.Load() > c.capacity {
+			c.stealOne(s)
+		}
 		return
 	}
-	if len(s.ring) > 0 {
-		slot := s.clockHand()
-		victim := s.ring[slot]
-		s.ring[slot] = e
-		s.publish(e, victim)
-		c.count.Add(-1)
-		return
-	}
-	s.ring = append(s.ring, e)
-	s.publish(e, nil)
+	e.slot = s.clockHand()
+	victim := s.ring[e.slot]
+	s.ring[e.slot] = e
+	s.publish(e, victim)
+	c.count.Add(-1)
+}
+
+// stealOne evicts an entry from the first shard other than s that it can
+// lock without waiting.
+func (c *cache) stealOne(s *shard) {
 	for i := range c.shards {
 		o := &c.shards[i]
 		if o == s || !o.mu.TryLock() {
@@ -210,6 +227,7 @@ func (c *cache) insert(s *shard, e *entry) {
 			victim := o.ring[slot]
 			last := len(o.ring) - 1
 			o.ring[slot] = o.ring[last]
+			o.ring[slot].slot = slot
 			o.ring = o.ring[:last]
 			if o.hand >= len(o.ring) {
 				o.hand = 0
@@ -238,7 +256,7 @@ func (s *shard) clockHand() int {
 }
 
 // publish replaces the shard's maps by a copy with add added and drop
-// dropped (either may be nil).
+// dropped (either may be nil; add replaces drop when their keys match).
 func (s *shard) publish(add, drop *entry) {
 	cur := s.maps.Load()
 	next := &shardMaps{exact: cur.exact, wild: cur.wild}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"testing"
 
 	"github.com/acmetls/acmetls/storage"
@@ -236,4 +237,72 @@ func TestWildcardHit(t *testing.T) {
 			t.Errorf("%q: served = %v (%v), want %v", tc.sni, got, err, tc.want)
 		}
 	}
+}
+
+// Replacing a name's certificate while handshakes read it: every read sees
+// a whole pair, the old one or the new one.
+func TestCacheHotSwapUnderReads(t *testing.T) {
+	c := newCache(1024)
+	a := selfSigned(t, ECDSAP256, "swap.example.com")
+	b := selfSigned(t, ECDSAP256, "swap.example.com")
+	r := selfSigned(t, RSA2048, "swap.example.com")
+	c.put("swap.example.com", ECDSAP256, a)
+	c.put("swap.example.com", RSA2048, r)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 20_000; i++ {
+			cert := a
+			if i%2 == 0 {
+				cert = b
+			}
+			c.put("swap.example.com", ECDSAP256, cert)
+			c.put(fmt.Sprintf("other%d.example.com", i%300), RSA2048, r)
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		p := c.get("swap.example.com")
+		if p == nil {
+			t.Fatal("a cached name disappeared")
+		}
+		if (p.ecdsa != a && p.ecdsa != b) || p.rsa != r {
+			t.Fatalf("a read saw a partial pair: %+v", p)
+		}
+	}
+}
+
+// Evictions while other goroutines read: run with -race.
+func TestCacheEvictionUnderReads(t *testing.T) {
+	c := newCache(300)
+	cert := selfSigned(t, ECDSAP256, "x.example.com")
+	stop := make(chan struct{})
+	var reads atomic.Int64
+	for r := 0; r < 2; r++ {
+		go func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if p := c.get(fmt.Sprintf("n%d.example.com", i%2000)); p != nil && p.ecdsa != cert {
+					panic("wrong certificate")
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	for i := 0; i < 20_000; i++ {
+		c.put(fmt.Sprintf("n%d.example.com", i%2000), ECDSAP256, cert)
+	}
+	close(stop)
+	if n := c.len(); n > 300 {
+		t.Fatalf("%d names, capacity 300", n)
+	}
+	t.Logf("%d concurrent reads", reads.Load())
 }
