@@ -46,7 +46,11 @@ func cachedManager(t testing.TB, capacity int, names ...string) *Manager {
 	}
 	certs := testCerts(t, ECDSAP256, RSA2048)
 	for _, kt := range []KeyType{ECDSAP256, RSA2048} {
-		c := *certs[kt]
+		cc, err := compact(certs[kt])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := *cc
 		c.OCSPStaple = []byte("a staple")
 		for _, n := range names {
 			m.cache.put(n, kt, &c)
@@ -80,7 +84,7 @@ func TestCacheHitAllocatesNothing(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := c.Leaf.PublicKeyAlgorithm.String(); got != tc.wantAlg {
+			if got := keyAlgorithm(c); got != tc.wantAlg {
 				t.Fatalf("got %s, want %s", got, tc.wantAlg)
 			}
 			if string(c.OCSPStaple) != "a staple" {

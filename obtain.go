@@ -47,11 +47,10 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 		log.Error("obtaining certificate", zap.Error(err))
 		return nil, err
 	}
-	m.cache.put(name, kt, c)
 	log.Info("obtained certificate",
 		zap.String("serial", c.Leaf.SerialNumber.Text(16)),
 		zap.Time("not_after", c.Leaf.NotAfter))
-	return c, nil
+	return m.cacheCert(name, kt, c)
 }
 
 // loadCert reads, checks and caches the stored certificate of name for kt.
@@ -78,8 +77,18 @@ func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.C
 			zap.String("key", key), zap.Time("not_after", c.Leaf.NotAfter))
 		return nil, nil
 	}
-	m.cache.put(name, kt, c)
-	return c, nil
+	return m.cacheCert(name, kt, c)
+}
+
+// cacheCert puts c, from keyPair, in the cache in its compact form, and
+// returns that form.
+func (m *Manager) cacheCert(name string, kt KeyType, c *tls.Certificate) (*tls.Certificate, error) {
+	cc, err := compact(c)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
+	}
+	m.cache.put(name, kt, cc)
+	return cc, nil
 }
 
 // certFromRecord decodes a stored record and checks it can be served for

@@ -1,7 +1,10 @@
 package acmetls
 
 import (
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -50,3 +53,14 @@ func selfSignedPEM(t testing.TB, kt KeyType, names ...string) (string, string) {
 
 // pipe returns the two ends of an in-memory full-duplex connection.
 func pipe() (net.Conn, net.Conn) { return net.Pipe() }
+
+// keyAlgorithm names the type of c's key: "ECDSA" or "RSA".
+func keyAlgorithm(c *tls.Certificate) string {
+	switch c.PrivateKey.(crypto.Signer).Public().(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA"
+	case *rsa.PublicKey:
+		return "RSA"
+	}
+	return "?"
+}

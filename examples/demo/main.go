@@ -16,6 +16,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -211,8 +212,13 @@ func page(served *servedCerts) http.Handler {
 		if tc, ok := conn.(*tls.Conn); ok {
 			cert = served.get(tc.NetConn())
 		}
-		if cert == nil || cert.Leaf == nil || r.TLS == nil {
+		if cert == nil || r.TLS == nil {
 			http.Error(w, "no certificate recorded for this connection", http.StatusInternalServerError)
+			return
+		}
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -221,10 +227,10 @@ func page(served *servedCerts) http.Handler {
 			"Name":     r.TLS.ServerName,
 			"Version":  tls.VersionName(r.TLS.Version),
 			"Cipher":   tls.CipherSuiteName(r.TLS.CipherSuite),
-			"KeyType":  cert.Leaf.PublicKeyAlgorithm.String(),
-			"Serial":   cert.Leaf.SerialNumber.Text(16),
-			"NotAfter": cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
-			"Issuer":   cert.Leaf.Issuer.CommonName,
+			"KeyType":  leaf.PublicKeyAlgorithm.String(),
+			"Serial":   leaf.SerialNumber.Text(16),
+			"NotAfter": leaf.NotAfter.UTC().Format(time.RFC3339),
+			"Issuer":   leaf.Issuer.CommonName,
 		})
 	})
 }
