@@ -30,7 +30,8 @@ func compact(c *tls.Certificate) (*tls.Certificate, error) {
 		if err != nil {
 			return nil, err
 		}
-		out.PrivateKey = &lazyRSAKey{pub: &k.PublicKey, der: der}
+		pub := k.PublicKey // a copy: a pointer into k would keep all of k
+		out.PrivateKey = &lazyRSAKey{pub: &pub, der: der}
 	}
 	return &out, nil
 }
