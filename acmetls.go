@@ -50,6 +50,11 @@ import (
 // default [Manager.CA].
 const LetsEncryptURL = "https://acme-v02.api.letsencrypt.org/directory"
 
+// maxConcurrentOrders bounds the orders one Manager has in flight at the
+// CA, so that managing many new names at once, or a burst of on-demand
+// names, does not open hundreds of orders together.
+const maxConcurrentOrders = 8
+
 // DefaultCacheCapacity is the number of names a Manager keeps in memory
 // when [Manager.CacheCapacity] is zero.
 const DefaultCacheCapacity = 100_000
@@ -115,6 +120,7 @@ type Manager struct {
 	obtains  inflight.Group[*tls.Certificate] // by name and key type
 	accounts inflight.Group[*acme.Account]    // by CA and email
 	chal     challenges
+	orders   chan struct{} // one token per order in flight
 	interned interner
 	denied   denials
 
@@ -159,6 +165,7 @@ func (m *Manager) init() error {
 			return
 		}
 		m.cache = newCache(m.cacheCapacity())
+		m.orders = make(chan struct{}, maxConcurrentOrders)
 		m.store = m.Storage
 		if m.store == nil {
 			m.store = &certmagic.FileStorage{Path: defaultStorageDir()}
@@ -266,12 +273,43 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 		m.managed[name] = struct{}{}
 	}
 	m.mu.Unlock()
-	for _, name := range normalized {
+	errs = append(errs, m.forEach(normalized, func(name string) error {
+		var errs []error
 		for _, kt := range m.keyTypes() {
 			if _, err := m.certFor(ctx, name, kt); err != nil {
 				errs = append(errs, err)
 			}
 		}
+		return errors.Join(errs...)
+	}))
+	return errors.Join(errs...)
+}
+
+// forEach calls fn for every name from a few goroutines, so that loading
+// many names from storage overlaps its waits and uses every core, and
+// joins the errors. Orders to the CA are bounded separately.
+func (m *Manager) forEach(names []string, fn func(name string) error) error {
+	workers := min(len(names), 4*runtime.GOMAXPROCS(0))
+	next := make(chan string)
+	errc := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		go func() {
+			var errs []error
+			for name := range next {
+				if err := fn(name); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			errc <- errors.Join(errs...)
+		}()
+	}
+	for _, name := range names {
+		next <- name
+	}
+	close(next)
+	var errs []error
+	for w := 0; w < workers; w++ {
+		errs = append(errs, <-errc)
 	}
 	return errors.Join(errs...)
 }

@@ -2,6 +2,10 @@ package acmetls
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"sync"
 	"testing"
 
@@ -85,5 +89,42 @@ func TestPreferredChain(t *testing.T) {
 	top = cs.PeerCertificates[len(cs.PeerCertificates)-1]
 	if def := e.ca.RootCommonName(0); top.Issuer.CommonName != def || def == alt {
 		t.Errorf("default chain ends under %q, want %q (preferred was %q)", top.Issuer.CommonName, def, alt)
+	}
+}
+
+// Managing many new names at once keeps a bounded number of orders open
+// at the CA.
+func TestOrdersInFlightAreBounded(t *testing.T) {
+	t.Parallel()
+	var open, peak atomic.Int32
+	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.URL.Path == "/order-plz":
+			n := open.Add(1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+		case strings.HasPrefix(r.URL.Path, "/finalize-order/"):
+			open.Add(-1)
+		}
+		return false
+	}})
+	m := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} })
+	names := make([]string, 3*maxConcurrentOrders)
+	for i := range names {
+		names[i] = fmt.Sprintf("bulk%d.example.com", i)
+	}
+	if err := m.ManageSync(context.Background(), names...); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.ca.Finalizations()); n != len(names) {
+		t.Fatalf("finalizations = %d, want %d", n, len(names))
+	}
+	t.Logf("peak orders in flight: %d", peak.Load())
+	if p := peak.Load(); p > maxConcurrentOrders || p < 2 {
+		t.Errorf("peak orders in flight = %d, want 2..%d", p, maxConcurrentOrders)
 	}
 }

@@ -42,7 +42,13 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
 		return c, err
 	}
+	select {
+	case m.orders <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("acmetls: waiting to order a certificate for %q: %w", name, ctx.Err())
+	}
 	c, err := m.obtain(ctx, name, kt)
+	<-m.orders
 	if err != nil {
 		log.Error("obtaining certificate", zap.Error(err))
 		return nil, err
