@@ -3,7 +3,6 @@ package acmetls
 import (
 	"crypto/tls"
 	"hash/maphash"
-	"maps"
 	"sync"
 	"sync/atomic"
 )
@@ -13,16 +12,36 @@ import (
 // published; a renewal publishes a new one.
 type certPair struct {
 	ecdsa, rsa         *tls.Certificate
-	ecdsaType, rsaType KeyType
+	ecdsaType, rsaType keyIndex
+}
+
+// keyIndex is a KeyType in one byte: its index in validKeyTypes plus one,
+// zero for none. It keeps cache slots small.
+type keyIndex uint8
+
+func indexOf(kt KeyType) keyIndex {
+	for i, v := range validKeyTypes {
+		if v == kt {
+			return keyIndex(i + 1)
+		}
+	}
+	return 0
+}
+
+func (i keyIndex) keyType() KeyType {
+	if i == 0 {
+		return ""
+	}
+	return validKeyTypes[i-1]
 }
 
 // choose returns the certificate the client supports, ECDSA first, or nil.
 // It allocates nothing.
 func (p *certPair) choose(hello *tls.ClientHelloInfo) *tls.Certificate {
-	if p.ecdsa != nil && supports(hello, p.ecdsaType) {
+	if p.ecdsa != nil && supports(hello, p.ecdsaType.keyType()) {
 		return p.ecdsa
 	}
-	if p.rsa != nil && supports(hello, p.rsaType) {
+	if p.rsa != nil && supports(hello, p.rsaType.keyType()) {
 		return p.rsa
 	}
 	return nil
@@ -30,13 +49,12 @@ func (p *certPair) choose(hello *tls.ClientHelloInfo) *tls.Certificate {
 
 // get returns the certificate of type kt, or nil.
 func (p *certPair) get(kt KeyType) *tls.Certificate {
-	if kt.isECDSA() {
-		if p.ecdsaType == kt {
-			return p.ecdsa
-		}
+	switch indexOf(kt) {
+	case 0:
 		return nil
-	}
-	if p.rsaType == kt {
+	case p.ecdsaType:
+		return p.ecdsa
+	case p.rsaType:
 		return p.rsa
 	}
 	return nil
@@ -48,89 +66,120 @@ func (p *certPair) with(kt KeyType, c *tls.Certificate) *certPair {
 	if p != nil {
 		n = *p
 	}
-	if kt.isECDSA() {
-		n.ecdsa, n.ecdsaType = c, kt
-	} else {
-		n.rsa, n.rsaType = c, kt
-	}
+	n.set(kt, c)
 	return &n
 }
 
-// entry is one cached name as a shard's map holds it: its certificates
-// inline, so a hit follows one pointer from the map. An entry is replaced,
-// never modified, when the name's certificates change; a handshake sees
-// the old entry or the new one, never neither.
-type entry struct {
-	certPair
-	// ref is set by a hit and cleared by the eviction hand passing by.
-	ref  atomic.Bool
-	key  string
-	wild bool
-	slot int // index in the shard's ring; guarded by the shard's mu
+func (p *certPair) set(kt KeyType, c *tls.Certificate) {
+	if kt.isECDSA() {
+		p.ecdsa, p.ecdsaType = c, indexOf(kt)
+	} else {
+		p.rsa, p.rsaType = c, indexOf(kt)
+	}
 }
 
 // cache maps server names to certificates.
 //
-// A read takes no lock and writes no shared memory (but a hit's mark, once
-// per eviction sweep): each shard publishes an immutable map through an
-// atomic pointer, and a writer copies the shard's map, which is kept small
-// (about shardSize names) by the number of shards.
+// A read takes no lock, follows no pointer but to its shard's table, and
+// writes no shared memory (but a hit's mark, once per eviction sweep):
+// each shard publishes an immutable open-addressing table through an
+// atomic pointer, with the certificates inline in the slots, so a hit
+// costs about what a lookup in a plain map does. A writer copies its
+// shard's table, which the number of shards keeps small (about shardSize
+// names).
 //
 // The cache holds at most capacity names. When full, an insertion evicts
 // from its own shard with the CLOCK algorithm: a hand sweeps the shard's
-// entries, sparing (and unmarking) those hit since it last passed, and
+// names, sparing (and unmarking) those hit since it last passed, and
 // evicting the first that was not. A name in use is not evicted while the
 // shard has colder ones.
 type cache struct {
-	seed     maphash.Seed
-	mask     uint64
-	capacity int64
-	count    atomic.Int64 // names held, across shards
-	shards   []shard
+	seed      maphash.Seed
+	shardBits uint
+	capacity  int64
+	count     atomic.Int64 // names held, across shards
+	shards    []shard
 }
 
 type shard struct {
-	maps atomic.Pointer[shardMaps]
-	mu   sync.Mutex // serializes writers; guards ring and hand
-	ring []*entry   // every entry, in eviction order from hand
-	hand int
+	exact atomic.Pointer[table] // by name
+	wild  atomic.Pointer[table] // "*.parent", by parent
+	mu    sync.Mutex            // serializes writers; guards ring and hand
+	ring  []ringKey             // every name, in eviction order from hand
+	hand  int
 }
 
-// shardMaps is one shard's names; never modified once published.
-type shardMaps struct {
-	exact map[string]*entry // by name
-	wild  map[string]*entry // "*.parent", by parent
+type ringKey struct {
+	key  string
+	wild bool
+}
+
+// table is an open-addressing hash table with linear probing, never
+// modified once published but for the ref marks of its slots.
+type table struct {
+	slots []slot
+	mask  uint64
+	n     int
+}
+
+// slot is one name in a table; a slot with an empty key is free.
+type slot struct {
+	hash uint64
+	key  string
+	ref  atomic.Bool // set by a hit, cleared by the eviction hand
+	pair certPair
 }
 
 const (
 	// shardSize is the number of names a shard holds on average when
 	// the cache is full: small enough to copy on every change.
-	shardSize = 256
+	shardSize = 64
 	maxShards = 4096
 )
+
+var emptyTable = &table{slots: make([]slot, 1)}
 
 // newCache returns a cache for at most capacity names.
 func newCache(capacity int) *cache {
 	capacity = max(capacity, 1)
-	n := 1
-	for n < maxShards && n*shardSize < capacity {
-		n *= 2
+	bits := uint(0)
+	for 1<<bits < maxShards && (1<<bits)*shardSize < capacity {
+		bits++
 	}
 	c := &cache{
-		seed:     maphash.MakeSeed(),
-		mask:     uint64(n - 1),
-		capacity: int64(capacity),
-		shards:   make([]shard, n),
+		seed:      maphash.MakeSeed(),
+		shardBits: bits,
+		capacity:  int64(capacity),
+		shards:    make([]shard, 1<<bits),
 	}
-	empty := &shardMaps{exact: map[string]*entry{}, wild: map[string]*entry{}}
 	for i := range c.shards {
-		c.shards[i].maps.Store(empty)
+		c.shards[i].exact.Store(emptyTable)
+		c.shards[i].wild.Store(emptyTable)
 	}
 	return c
 }
 
-func (c *cache) shard(key string) *shard {
-	return &c.shards[maphash.String(c.seed, key)&c.mask]
+// locate hashes key to its shard (by the hash's top bits) and returns both.
+func (c *cache) locate(key string) (*shard, uint64) {
+	h := maphash.String(c.seed, key)
+	if c.shardBits == 0 {
+		return &c.shards[0], h
+	}
+	return &c.shards[h>>(64-c.shardBits)], h
+}
+
+// find returns the slot holding key, or nil. Slots are chosen by the
+// hash's low bits.
+func (t *table) find(h uint64, key string) *slot {
+	for i := h & t.mask; ; i = (i + 1) & t.mask {
+		s := &t.slots[i]
+		if s.key == "" {
+			return nil
+		}
+		if s.hash == h && s.key == key {
+			return s
+		}
+	}
 }
 
 // get returns the certificates for name: an exact entry first, then a
@@ -142,97 +191,92 @@ func (c *cache) get(name string) *certPair { return c.lookup(name, false) }
 // normalized says name was normalized, a first label that is not plainly
 // valid (including an IDNA one, whose check is slow) is no hit.
 func (c *cache) lookup(name string, normalized bool) *certPair {
-	e := c.shard(name).maps.Load().exact[name]
-	if e == nil {
+	sh, h := c.locate(name)
+	s := sh.exact.Load().find(h, name)
+	if s == nil {
 		label, parent, ok := splitFirstLabel(name)
 		if !ok || !normalized && !isNormalLabel(label) {
 			return nil
 		}
-		if e = c.shard(parent).maps.Load().wild[parent]; e == nil {
+		sh, h = c.locate(parent)
+		if s = sh.wild.Load().find(h, parent); s == nil {
 			return nil
 		}
 	}
-	if !e.ref.Load() {
-		e.ref.Store(true)
+	if !s.ref.Load() {
+		s.ref.Store(true)
 	}
-	return &e.certPair
+	return &s.pair
 }
 
 // put publishes the certificate of type kt for name (a "*.parent" name is a
 // wildcard), keeping the name's other certificate. It returns the new pair.
 func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
-	key, wild := name, false
+	rk := ringKey{key: name}
 	if parent, ok := wildcardParent(name); ok {
-		key, wild = parent, true
+		rk = ringKey{key: parent, wild: true}
 	}
-	s := c.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur := s.maps.Load()
-	old := cur.exact[key]
+	sh, h := c.locate(rk.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	var pair certPair
+	var ref bool
+	old := sh.table(rk.wild).find(h, rk.key)
+	if old != nil {
+		pair, ref = old.pair, old.ref.Load()
+	}
+	pair.set(kt, cert)
+	if old != nil {
+		return sh.publish(rk, h, &pair, ref, nil)
+	}
+	victim := c.insert(sh, rk)
+	return sh.publish(rk, h, &pair, false, victim)
+}
+
+func (sh *shard) table(wild bool) *table {
 	if wild {
-		old = cur.wild[key]
+		return sh.wild.Load()
 	}
-	e := &entry{key: key, wild: wild}
-	if old != nil {
-		e.certPair = old.certPair
-		e.ref.Store(old.ref.Load())
-	}
-	if kt.isECDSA() {
-		e.ecdsa, e.ecdsaType = cert, kt
-	} else {
-		e.rsa, e.rsaType = cert, kt
-	}
-	// e is complete: publish it.
-	if old != nil {
-		e.slot = old.slot
-		s.ring[e.slot] = e
-		s.publish(e, old)
-	} else {
-		c.insert(s, e)
-	}
-	return &e.certPair
+	return sh.exact.Load()
 }
 
-// insert adds e to s, whose lock the caller holds. When the cache is full
-// it evicts one entry: from s, or if s is empty from the first other shard
-// it can lock without waiting.
-func (c *cache) insert(s *shard, e *entry) {
-	if c.count.Add(1) <= c.capacity || len(s.ring) == 0 {
-		e.slot = len(s.ring)
-		s.ring = append(s.ring, e)
-		s.publish(e, nil)
+// insert makes room for a new name in sh, whose lock the caller holds, and
+// adds it to the ring. When the cache is full it evicts one name: from sh,
+// returning it for the caller to drop from sh's table as it publishes the
+// new name, or if sh is empty from the first other shard it can lock
+// without waiting.
+func (c *cache) insert(sh *shard, rk ringKey) *ringKey {
+	if c.count.Add(1) <= c.capacity || len(sh.ring) == 0 {
+		sh.ring = append(sh.ring, rk)
 		if c.count.Load() > c.capacity {
-			c.stealOne(s)
+			c.stealOne(sh)
 		}
-		return
+		return nil
 	}
-	e.slot = s.clockHand()
-	victim := s.ring[e.slot]
-	s.ring[e.slot] = e
-	s.publish(e, victim)
+	i := sh.clockHand(c)
+	victim := sh.ring[i]
+	sh.ring[i] = rk
 	c.count.Add(-1)
+	return &victim
 }
 
-// stealOne evicts an entry from the first shard other than s that it can
+// stealOne evicts a name from the first shard other than sh that it can
 // lock without waiting.
-func (c *cache) stealOne(s *shard) {
+func (c *cache) stealOne(sh *shard) {
 	for i := range c.shards {
 		o := &c.shards[i]
-		if o == s || !o.mu.TryLock() {
+		if o == sh || !o.mu.TryLock() {
 			continue
 		}
 		if len(o.ring) > 0 {
-			slot := o.clockHand()
-			victim := o.ring[slot]
+			j := o.clockHand(c)
+			o.dropKey(o.ring[j])
 			last := len(o.ring) - 1
-			o.ring[slot] = o.ring[last]
-			o.ring[slot].slot = slot
+			o.ring[j] = o.ring[last]
 			o.ring = o.ring[:last]
 			if o.hand >= len(o.ring) {
 				o.hand = 0
 			}
-			o.publish(nil, victim)
 			c.count.Add(-1)
 			o.mu.Unlock()
 			return
@@ -241,53 +285,94 @@ func (c *cache) stealOne(s *shard) {
 	}
 }
 
-// clockHand returns the ring slot of the entry to evict, advancing the
-// hand past the entries hit since it last passed.
-func (s *shard) clockHand() int {
+// clockHand returns the ring index of the name to evict, advancing the
+// hand past the names hit since it last passed.
+func (sh *shard) clockHand(c *cache) int {
 	for {
-		e := s.ring[s.hand]
-		slot := s.hand
-		s.hand = (s.hand + 1) % len(s.ring)
-		if !e.ref.Load() {
-			return slot
+		i := sh.hand
+		sh.hand = (sh.hand + 1) % len(sh.ring)
+		rk := sh.ring[i]
+		_, h := c.locate(rk.key)
+		s := sh.table(rk.wild).find(h, rk.key)
+		if s == nil || !s.ref.Load() {
+			return i
 		}
-		e.ref.Store(false)
+		s.ref.Store(false)
 	}
 }
 
-// publish replaces the shard's maps by a copy with add added and drop
-// dropped (either may be nil; add replaces drop when their keys match).
-func (s *shard) publish(add, drop *entry) {
-	cur := s.maps.Load()
-	next := &shardMaps{exact: cur.exact, wild: cur.wild}
-	var exactCopied, wildCopied bool
-	mapFor := func(e *entry) map[string]*entry {
-		if e.wild {
-			if !wildCopied {
-				next.wild, wildCopied = maps.Clone(cur.wild), true
-			}
-			return next.wild
+// publish replaces the table holding rk by a copy in which rk maps to
+// pair, marked ref, or is absent if pair is nil, and returns the published
+// pair. A victim in the same table is dropped in the same copy; one in the
+// other table costs a copy of its own.
+func (sh *shard) publish(rk ringKey, h uint64, pair *certPair, ref bool, victim *ringKey) *certPair {
+	var vkey string
+	if victim != nil {
+		if victim.wild == rk.wild {
+			vkey = victim.key
+		} else {
+			sh.dropKey(*victim)
 		}
-		if !exactCopied {
-			next.exact, exactCopied = maps.Clone(cur.exact), true
+	}
+	dst := &sh.exact
+	if rk.wild {
+		dst = &sh.wild
+	}
+	cur := dst.Load()
+	size := 8
+	for size < 2*(cur.n+1) {
+		size *= 2
+	}
+	next := &table{slots: make([]slot, size), mask: uint64(size - 1)}
+	for i := range cur.slots {
+		s := &cur.slots[i]
+		if s.key == "" || s.key == vkey || (s.hash == h && s.key == rk.key) {
+			continue
 		}
-		return next.exact
+		next.add(s.hash, s.key, s.ref.Load(), &s.pair)
 	}
-	if drop != nil {
-		delete(mapFor(drop), drop.key)
+	var out *certPair
+	if pair != nil {
+		out = next.add(h, rk.key, ref, pair)
 	}
-	if add != nil {
-		mapFor(add)[add.key] = add
+	dst.Store(next)
+	return out
+}
+
+// dropKey publishes sh's table without rk.
+func (sh *shard) dropKey(rk ringKey) {
+	dst := &sh.exact
+	if rk.wild {
+		dst = &sh.wild
 	}
-	s.maps.Store(next)
+	cur := dst.Load()
+	next := &table{slots: make([]slot, len(cur.slots)), mask: cur.mask}
+	for i := range cur.slots {
+		if s := &cur.slots[i]; s.key != "" && s.key != rk.key {
+			next.add(s.hash, s.key, s.ref.Load(), &s.pair)
+		}
+	}
+	dst.Store(next)
+}
+
+// add puts a name in t, which is not yet published and has a free slot.
+func (t *table) add(h uint64, key string, ref bool, p *certPair) *certPair {
+	for i := h & t.mask; ; i = (i + 1) & t.mask {
+		s := &t.slots[i]
+		if s.key == "" {
+			s.hash, s.key, s.pair = h, key, *p
+			s.ref.Store(ref)
+			t.n++
+			return &s.pair
+		}
+	}
 }
 
 // len counts the cached names.
 func (c *cache) len() int {
 	n := 0
 	for i := range c.shards {
-		m := c.shards[i].maps.Load()
-		n += len(m.exact) + len(m.wild)
+		n += c.shards[i].exact.Load().n + c.shards[i].wild.Load().n
 	}
 	return n
 }
