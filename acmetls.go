@@ -108,8 +108,22 @@ type Manager struct {
 	// handshake. Default: [DefaultCacheCapacity].
 	CacheCapacity int
 
+	// RenewConcurrency bounds the renewals Run has in flight. Default: 4.
+	RenewConcurrency int
+	// RenewPerHour bounds the renewals Run starts in any hour; zero means
+	// no bound beyond RenewConcurrency. Renewals falling due together are
+	// spread over twelve hours in any case.
+	RenewPerHour int
+	// OnEvent, if set, receives every obtained and renewed certificate
+	// and every failure, from the goroutine where it happened. It must
+	// not block for long.
+	OnEvent func(Event)
+
 	// Logger receives the Manager's logs. Nil means no logs.
 	Logger *zap.Logger
+
+	clock func() time.Time // nil: time.Now; tests set it
+	sched schedule
 
 	initOnce sync.Once
 	initErr  error
@@ -166,6 +180,8 @@ func (m *Manager) init() error {
 		}
 		m.cache = newCache(m.cacheCapacity())
 		m.orders = make(chan struct{}, maxConcurrentOrders)
+		m.sched.wake = make(chan struct{}, 1)
+		m.sched.limit.PerHour = m.RenewPerHour
 		m.store = m.Storage
 		if m.store == nil {
 			m.store = &certmagic.FileStorage{Path: defaultStorageDir()}
@@ -226,14 +242,24 @@ func defaultStorageDir() string {
 	return filepath.Join(os.TempDir(), "acmetls")
 }
 
+// httpClient returns the client for the CA: HTTPClient, or one with
+// timeouts trusting RootCAs, its transport wrapped to note Retry-After.
 func (m *Manager) httpClient() *http.Client {
+	var c http.Client
 	if m.HTTPClient != nil {
-		return m.HTTPClient
+		c = *m.HTTPClient
+	} else {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: m.RootCAs, MinVersion: tls.VersionTLS12}
+		t.ResponseHeaderTimeout = 30 * time.Second
+		c = http.Client{Transport: t, Timeout: 2 * time.Minute}
 	}
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.TLSClientConfig = &tls.Config{RootCAs: m.RootCAs, MinVersion: tls.VersionTLS12}
-	t.ResponseHeaderTimeout = 30 * time.Second
-	return &http.Client{Transport: t, Timeout: 2 * time.Minute}
+	base := c.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	c.Transport = retryAfterTransport{base: base}
+	return &c
 }
 
 // TLSConfig returns a configuration for a TLS listener: certificates from

@@ -116,7 +116,7 @@ func TestAccountKeyRefusedAsCertificateKey(t *testing.T) {
 	if err := m2.init(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m2.certFromRecord(ctx, b, name, ECDSAP256); !errors.Is(err, ErrAccountKeyReuse) {
+	if _, _, err := m2.certFromRecord(ctx, b, name, ECDSAP256); !errors.Is(err, ErrAccountKeyReuse) {
 		t.Fatalf("certFromRecord: %v, want ErrAccountKeyReuse", err)
 	}
 	if err := m2.ManageSync(ctx, name); err != nil {

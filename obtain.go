@@ -25,16 +25,24 @@ const obtainTimeout = 5 * time.Minute
 // loadOrObtain returns the certificate of name for kt from storage, or
 // obtains it from the CA: under the storage lock for the name and key type,
 // storage is read again, so processes sharing storage place one order.
-// The result is cached.
+// Failures back off as the renewal state in storage says. The result is
+// cached and maintained.
 func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
 	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
 	defer cancel()
 	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
 		return c, err
 	}
+	st, err := m.loadState(ctx, name, kt)
+	if err != nil {
+		return nil, err
+	}
+	if !st.MayAttempt(m.now()) {
+		return nil, fmt.Errorf("%w: %q (%s) failed %d times, next attempt at %s: %s",
+			errBackingOff, name, kt, st.Failures, st.NextAttempt.Format(time.RFC3339), st.LastError)
+	}
 	lock := storage.CertLockName(name, string(kt))
-	log := m.logger().Named("obtain").With(zap.String("server_name", name), zap.String("key_type", string(kt)))
-	log.Debug("taking storage lock", zap.String("lock", lock))
+	m.logger().Named("obtain").Debug("taking storage lock", zap.String("lock", lock))
 	if err := m.store.Lock(ctx, lock); err != nil {
 		return nil, fmt.Errorf("acmetls: locking %s: %w", lock, err)
 	}
@@ -47,116 +55,137 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 	case <-ctx.Done():
 		return nil, fmt.Errorf("acmetls: waiting to order a certificate for %q: %w", name, ctx.Err())
 	}
-	c, err := m.obtain(ctx, name, kt)
+	ctx, note := withRetryAfterNote(ctx)
+	c, ri, err := m.obtain(ctx, name, kt, nil)
 	<-m.orders
 	if err != nil {
-		log.Error("obtaining certificate", zap.Error(err))
+		st = st.Failed(m.now(), err.Error(), problemType(err), note.get())
+		if serr := m.saveState(ctx, name, kt, st); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		m.emit(Event{Kind: EventObtainFailed, ServerName: name, KeyType: kt,
+			Attempt: st.Failures, NextAttempt: st.NextAttempt, Err: err})
 		return nil, err
 	}
-	log.Info("obtained certificate",
-		zap.String("serial", c.Leaf.SerialNumber.Text(16)),
-		zap.Time("not_after", c.Leaf.NotAfter))
-	return m.cacheCert(name, kt, c)
+	if st.Failures > 0 {
+		m.clearState(ctx, name, kt)
+	}
+	m.emit(Event{Kind: EventObtained, ServerName: name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
+	return m.cacheCert(name, kt, c, ri)
 }
 
-// loadCert reads, checks and caches the stored certificate of name for kt.
-// It returns nil and no error when storage holds no usable certificate: none,
-// expired, or corrupt (reported, then replaced by the caller). Only a
-// failing storage is an error.
+// loadCert reads, checks, caches and tracks the stored certificate of name
+// for kt. It returns nil and no error when storage holds no usable
+// certificate: none, expired, or corrupt (reported, then replaced by the
+// caller). Only a failing storage is an error.
 func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
+	c, rec, err := m.readCert(ctx, name, kt)
+	if c == nil || err != nil {
+		return nil, err
+	}
+	if !m.now().Before(c.Leaf.NotAfter) {
+		m.logger().Named("storage").Warn("stored certificate expired",
+			zapName(name), zapKeyType(kt), zap.Time("not_after", c.Leaf.NotAfter))
+		return nil, nil
+	}
+	return m.cacheCert(name, kt, c, rec.RenewalInfo)
+}
+
+// readCert reads and checks the stored certificate of name for kt, with
+// its leaf parsed. A missing or corrupt record is nil and no error.
+func (m *Manager) readCert(ctx context.Context, name string, kt KeyType) (*tls.Certificate, *storage.CertRecord, error) {
 	key := storage.CertKey(name, string(kt))
 	b, err := m.store.Load(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: loading %s: %w", key, err)
+		return nil, nil, fmt.Errorf("acmetls: loading %s: %w", key, err)
 	}
-	c, err := m.certFromRecord(ctx, b, name, kt)
+	c, rec, err := m.certFromRecord(ctx, b, name, kt)
 	if err != nil {
 		m.logger().Named("storage").Error("unusable certificate record; it will be replaced",
 			zap.String("key", key), zap.Error(err))
-		return nil, nil
+		return nil, nil, nil
 	}
-	if !time.Now().Before(c.Leaf.NotAfter) {
-		m.logger().Named("storage").Warn("stored certificate expired",
-			zap.String("key", key), zap.Time("not_after", c.Leaf.NotAfter))
-		return nil, nil
-	}
-	return m.cacheCert(name, kt, c)
+	return c, rec, nil
 }
 
-// cacheCert puts c, from keyPair, in the cache in its compact form, and
-// returns that form.
-func (m *Manager) cacheCert(name string, kt KeyType, c *tls.Certificate) (*tls.Certificate, error) {
+// cacheCert puts c, from keyPair, in the cache in its compact form and in
+// the renewal schedule, and returns the compact form.
+func (m *Manager) cacheCert(name string, kt KeyType, c *tls.Certificate, ri json.RawMessage) (*tls.Certificate, error) {
 	cc, err := compact(c)
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
 	}
 	m.cache.put(name, kt, cc)
+	m.track(name, kt, c.Leaf, ri)
 	return cc, nil
 }
 
 // certFromRecord decodes a stored record and checks it can be served for
 // name: shape, key matching leaf, key type, name covered, and a key that
 // is not the ACME account's.
-func (m *Manager) certFromRecord(ctx context.Context, b []byte, name string, kt KeyType) (*tls.Certificate, error) {
+func (m *Manager) certFromRecord(ctx context.Context, b []byte, name string, kt KeyType) (*tls.Certificate, *storage.CertRecord, error) {
 	rec, err := storage.ParseCertRecord(b)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c, err := keyPair(rec.ChainPEM, rec.KeyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", storage.ErrCorruptRecord, err)
+		return nil, nil, fmt.Errorf("%w: %v", storage.ErrCorruptRecord, err)
 	}
 	if got := keyTypeOf(c.Leaf.PublicKey); got != kt {
-		return nil, fmt.Errorf("%w: key type %q, want %q", storage.ErrCorruptRecord, got, kt)
+		return nil, nil, fmt.Errorf("%w: key type %q, want %q", storage.ErrCorruptRecord, got, kt)
 	}
 	if err := c.Leaf.VerifyHostname(name); err != nil {
-		return nil, fmt.Errorf("%w: %v", storage.ErrCorruptRecord, err)
+		return nil, nil, fmt.Errorf("%w: %v", storage.ErrCorruptRecord, err)
 	}
 	if err := checkNotAccountKey(c.Leaf.PublicKey, m.accountKey(ctx)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	m.interned.chain(c.Certificate)
-	return c, nil
+	return c, rec, nil
 }
 
 // obtain orders a certificate for name with a new key of type kt and stores
-// it. The caller holds the storage lock.
-func (m *Manager) obtain(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
+// it; replaces, if not nil, is the certificate it renews (RFC 9773's
+// "replaces"). It returns the certificate, with its leaf, and the renewal
+// information the CA gave. The caller holds the storage lock.
+func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces *x509.Certificate) (*tls.Certificate, json.RawMessage, error) {
 	account, err := m.getAccount(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key, err := newCertKey(kt, account.PrivateKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	csr, err := acmez.NewCSR(key, []string{name})
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
 	}
 	params, err := acmez.OrderParametersFromCSR(*account, csr)
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: order for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("acmetls: order for %q: %w", name, err)
 	}
+	params.Replaces = replaces
 	client := acmez.Client{Client: m.client, ChallengeSolvers: m.solvers()}
 	chains, err := client.ObtainCertificate(ctx, params)
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w", name, err)
 	}
 	chain, err := pickChain(chains, m.PreferredChain)
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
 	}
 	keyPEM, err := encodeKey(key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c, err := keyPair(string(chain.ChainPEM), keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: the CA's certificate for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("acmetls: the CA's certificate for %q: %w", name, err)
 	}
 	m.interned.chain(c.Certificate)
 	rec := storage.CertRecord{
@@ -174,12 +203,15 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType) (*tls.Cer
 	}
 	b, err := rec.Marshal()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := m.store.Store(ctx, storage.CertKey(name, string(kt)), b); err != nil {
-		return nil, fmt.Errorf("acmetls: storing certificate for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("acmetls: storing certificate for %q: %w", name, err)
 	}
-	return c, nil
+	m.logger().Named("obtain").Info("obtained certificate", zapName(name), zapKeyType(kt),
+		zap.String("serial", c.Leaf.SerialNumber.Text(16)), zap.Time("not_after", c.Leaf.NotAfter),
+		zap.Bool("renewal", replaces != nil))
+	return c, rec.RenewalInfo, nil
 }
 
 // pickChain returns the first chain whose certificates name preferred as

@@ -26,7 +26,7 @@ func FuzzCertFromRecord(f *testing.F) {
 	}
 	m.storedAccountOnce.Do(func() {}) // no account to compare with
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := m.certFromRecord(context.Background(), b, "www.example.com", ECDSAP256)
+		c, _, err := m.certFromRecord(context.Background(), b, "www.example.com", ECDSAP256)
 		if err != nil {
 			return
 		}

@@ -19,6 +19,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/letsencrypt/pebble/v2/ca"
 	"github.com/letsencrypt/pebble/v2/db"
@@ -36,6 +37,9 @@ type Options struct {
 	OCSPResponderURL string
 	// AlternateRoots is the number of extra chains offered per certificate.
 	AlternateRoots int
+	// Validity is the lifetime of issued certificates; zero means
+	// Pebble's default, 90 days.
+	Validity time.Duration
 	// Blocklist names the CA refuses to issue for.
 	Blocklist []string
 	// Logf receives Pebble's log lines; nil discards them.
@@ -104,7 +108,10 @@ func New(opts Options) (*CA, error) {
 			return nil, err
 		}
 	}
-	profiles := map[string]ca.Profile{"default": {Description: "default profile"}}
+	profiles := map[string]ca.Profile{"default": {
+		Description:    "default profile",
+		ValidityPeriod: uint64(opts.Validity / time.Second),
+	}}
 	c.ca = ca.New(logger, c.db, opts.OCSPResponderURL, "rsa", opts.AlternateRoots, 1, profiles)
 	v := va.New(logger, opts.HTTPPort, opts.TLSPort, false, dnsAddr, c.db)
 	w := wfe.New(logger, c.db, v, c.ca, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
@@ -327,3 +334,32 @@ func (f logfWriter) Write(p []byte) (int, error) {
 // RootCommonName returns the common name of root i (0 is the default
 // chain's root).
 func (c *CA) RootCommonName(i int) string { return c.ca.GetRootCert(i).Cert.Subject.CommonName }
+
+// SetRenewalInfo makes the CA answer renewal-information requests for the
+// certificate certPEM with the window [start, end), through Pebble's
+// management API.
+func (c *CA) SetRenewalInfo(certPEM []byte, start, end time.Time) error {
+	ari, err := json.Marshal(map[string]any{
+		"suggestedWindow": map[string]string{
+			"start": start.UTC().Format(time.RFC3339),
+			"end":   end.UTC().Format(time.RFC3339),
+		},
+	})
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(map[string]string{"Certificate": string(certPEM), "ARIResponse": string(ari)})
+	if err != nil {
+		return err
+	}
+	resp, err := c.mgmt.Client().Post(c.ManagementURL+"/set-renewal-info/", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("acmetest: set-renewal-info: %s: %s", resp.Status, b)
+	}
+	return nil
+}

@@ -1,0 +1,422 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/acmetls/acmetls/renew"
+	"github.com/acmetls/acmetls/storage"
+)
+
+const (
+	// maintainInterval is the longest a maintenance loop sleeps; each
+	// sleep is jittered by up to a fifth, so processes never align.
+	maintainInterval = 10 * time.Minute
+	// renewSpread is the window over which certificates falling due
+	// together start their renewals.
+	renewSpread = 12 * time.Hour
+	// defaultRenewConcurrency bounds the renewals in flight.
+	defaultRenewConcurrency = 4
+)
+
+// schedule is the index of the certificates a Manager maintains: when each
+// is due, and when to read its renewal information again. A maintenance
+// pass looks at due entries only.
+type schedule struct {
+	mu    sync.Mutex          // guards certs, due, polls and limit
+	certs map[string]*tracked // by name and key type
+	due   renew.Queue         // renewal starts
+	polls renew.Queue         // ARI reads
+	limit renew.Limiter
+	wake  chan struct{} // nudges Run when something is queued earlier
+}
+
+// tracked is what the schedule keeps of one certificate: enough to decide
+// and to ask the CA, not the certificate itself.
+type tracked struct {
+	name      string
+	kt        KeyType
+	notBefore time.Time
+	notAfter  time.Time
+	aki       []byte
+	serial    *big.Int
+	ari       renew.ARI
+}
+
+func (t *tracked) key() string { return t.name + "/" + string(t.kt) }
+
+// ariCert is the least of a certificate acmez needs to ask for its
+// renewal information or to name it in "replaces".
+func (t *tracked) ariCert() *x509.Certificate {
+	return &x509.Certificate{AuthorityKeyId: t.aki, SerialNumber: t.serial, DNSNames: []string{t.name}}
+}
+
+func (m *Manager) now() time.Time {
+	if m.clock != nil {
+		return m.clock()
+	}
+	return time.Now()
+}
+
+func (m *Manager) renewConcurrency() int {
+	if m.RenewConcurrency > 0 {
+		return m.RenewConcurrency
+	}
+	return defaultRenewConcurrency
+}
+
+// track puts a certificate just cached into the schedule. ri is the
+// renewal information stored with it, if any.
+func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage) {
+	now := m.now()
+	t := &tracked{
+		name: name, kt: kt, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
+		aki: leaf.AuthorityKeyId, serial: leaf.SerialNumber,
+	}
+	var info acme.RenewalInfo
+	if len(ri) > 0 && json.Unmarshal(ri, &info) == nil && info.HasWindow() {
+		w := renew.Window{Start: info.SuggestedWindow.Start, End: info.SuggestedWindow.End}
+		t.ari = t.ari.Update(w, info.ExplanationURL, time.Time{}, now, rand.Float64())
+	}
+	s := &m.sched
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.certs == nil {
+		s.certs = make(map[string]*tracked)
+	}
+	s.certs[t.key()] = t
+	s.queue(t, now)
+	// Renewal information is read at least twice a day; a first read is
+	// spread over that period.
+	s.polls.Push(t.key(), renew.Spread(t.key(), now, t.notAfter, renew.MaxPollInterval))
+	s.nudge()
+}
+
+// queue (re)places t in the renewal queue. The caller holds s.mu.
+func (s *schedule) queue(t *tracked, now time.Time) {
+	ari := &t.ari
+	due := renew.Due(t.notBefore, t.notAfter, ari, now)
+	start := renew.Spread(t.key(), due, t.notAfter, renewSpread)
+	if !due.After(now) && ari.Window.Valid() && !now.Before(ari.Window.End) {
+		start = now // the CA wants it replaced now: no spreading
+	}
+	s.due.Push(t.key(), start)
+}
+
+func (s *schedule) nudge() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run maintains the Manager's certificates until ctx ends: it renews each
+// when it is due (by the CA's renewal information, else at a third of its
+// lifetime remaining), spreading renewals that fall due together and
+// running at most RenewConcurrency at once, and backs off failures as the
+// renewal state in storage says. It returns nil when ctx ends, after the
+// renewals in flight have stopped.
+//
+// Certificates are maintained once the Manager holds them: names given to
+// ManageSync, and names loaded or obtained on demand.
+func (m *Manager) Run(ctx context.Context) error {
+	if err := m.init(); err != nil {
+		return err
+	}
+	defer m.client.HTTPClient.CloseIdleConnections()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, m.renewConcurrency())
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-m.sched.wake:
+		}
+		next := m.maintain(ctx, &wg, slots)
+		timer.Reset(jitter(next.Sub(m.now())))
+	}
+}
+
+// jitter returns d, at most maintainInterval and at least a second, less
+// up to a fifth at random.
+func jitter(d time.Duration) time.Duration {
+	d = min(max(d, time.Second), maintainInterval)
+	return d - time.Duration(rand.Int64N(int64(d/5)+1))
+}
+
+// maintain starts what is due now: ARI reads, and renewals as slots free
+// up. It returns when it next has something to do.
+func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan struct{}) time.Time {
+	now := m.now()
+	s := &m.sched
+	s.mu.Lock()
+	polls := s.polls.PopDue(now, cap(slots), nil)
+	renewals := s.due.PopDue(now, cap(slots)-len(slots), &s.limit)
+	next := now.Add(maintainInterval)
+	for _, q := range []*renew.Queue{&s.due, &s.polls} {
+		if t, ok := q.Next(); ok && t.Before(next) {
+			next = t
+		}
+	}
+	s.mu.Unlock()
+	for _, key := range polls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.pollARI(ctx, key)
+		}()
+	}
+	for _, key := range renewals {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			m.renewKey(ctx, key, false)
+			s.nudge() // a slot is free
+		}()
+	}
+	return next
+}
+
+// pollARI reads a certificate's renewal information and requeues it.
+func (m *Manager) pollARI(ctx context.Context, key string) {
+	s := &m.sched
+	s.mu.Lock()
+	t, ok := s.certs[key]
+	var cert *x509.Certificate
+	if ok {
+		cert = t.ariCert()
+	}
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	ctx, note := withRetryAfterNote(ctx)
+	info, err := m.client.GetRenewalInfo(ctx, cert)
+	now := m.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.certs[key] != t {
+		return // replaced meanwhile
+	}
+	if err != nil {
+		m.logger().Named("renew").Warn("reading renewal information",
+			zapName(t.name), zapKeyType(t.kt), zapErr(err))
+		s.polls.Push(key, renew.NextPoll(note.get(), now))
+		return
+	}
+	var retryAfter time.Time
+	if info.RetryAfter != nil {
+		retryAfter = *info.RetryAfter
+	}
+	w := renew.Window{Start: info.SuggestedWindow.Start, End: info.SuggestedWindow.End}
+	t.ari = t.ari.Update(w, info.ExplanationURL, retryAfter, now, rand.Float64())
+	if t.ari.ExplanationURL != "" {
+		m.logger().Named("renew").Info("renewal information has an explanation",
+			zapName(t.name), zapKeyType(t.kt), zapString("explanation_url", t.ari.ExplanationURL))
+	}
+	s.polls.Push(key, t.ari.NextPoll)
+	s.queue(t, now)
+	s.nudge()
+}
+
+// renewKey renews one tracked certificate, unless its stored renewal
+// state says to wait (force skips the wait, for RetryNow).
+func (m *Manager) renewKey(ctx context.Context, key string, force bool) error {
+	s := &m.sched
+	s.mu.Lock()
+	t, ok := s.certs[key]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	err := m.renew(ctx, t, force)
+	if err != nil && !errors.Is(err, errBackingOff) {
+		return err
+	}
+	return nil
+}
+
+// errBackingOff is returned when an attempt is not allowed yet.
+var errBackingOff = errors.New("acmetls: backing off after failures")
+
+// renew replaces t's certificate: storage first (another process may have
+// renewed it), then the CA, with "replaces" naming the old certificate.
+func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
+	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
+	defer cancel()
+	st, err := m.loadState(ctx, t.name, t.kt)
+	if err != nil {
+		m.requeue(t, m.now().Add(renew.Backoff(1)))
+		return err
+	}
+	if !force && !st.MayAttempt(m.now()) {
+		m.requeue(t, st.NextAttempt)
+		return errBackingOff
+	}
+	lock := storage.CertLockName(t.name, string(t.kt))
+	if err := m.store.Lock(ctx, lock); err != nil {
+		m.requeue(t, m.now().Add(renew.Backoff(1)))
+		return fmt.Errorf("acmetls: locking %s: %w", lock, err)
+	}
+	defer m.unlock(lock)
+	// Storage first: a sibling may have renewed while we waited.
+	if c, rec, err := m.readCert(ctx, t.name, t.kt); err == nil && c != nil && c.Leaf.SerialNumber.Cmp(t.serial) != 0 {
+		if _, err := m.cacheCert(t.name, t.kt, c, rec.RenewalInfo); err == nil {
+			return nil
+		}
+	}
+	ctx, note := withRetryAfterNote(ctx)
+	c, ri, err := m.obtain(ctx, t.name, t.kt, t.ariCert())
+	now := m.now()
+	if err != nil {
+		st = st.Failed(now, err.Error(), problemType(err), note.get())
+		if serr := m.saveState(ctx, t.name, t.kt, st); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		m.requeue(t, st.NextAttempt)
+		m.emit(Event{Kind: EventRenewFailed, ServerName: t.name, KeyType: t.kt, NotAfter: t.notAfter,
+			Attempt: st.Failures, NextAttempt: st.NextAttempt, Err: err})
+		return err
+	}
+	if st.Failures > 0 {
+		m.clearState(ctx, t.name, t.kt)
+	}
+	if _, err := m.cacheCert(t.name, t.kt, c, ri); err != nil {
+		return err
+	}
+	m.emit(Event{Kind: EventRenewed, ServerName: t.name, KeyType: t.kt, NotAfter: c.Leaf.NotAfter})
+	return nil
+}
+
+func (m *Manager) requeue(t *tracked, at time.Time) {
+	s := &m.sched
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.certs[t.key()] == t {
+		s.due.Push(t.key(), at)
+		s.nudge()
+	}
+}
+
+// problemType returns the CA's problem type in err, or "".
+func problemType(err error) string {
+	var p acme.Problem
+	if errors.As(err, &p) {
+		return p.Type
+	}
+	return ""
+}
+
+// stateKey is where the renewal state of a certificate lives in storage.
+func stateKey(name string, kt KeyType) string {
+	return storage.Prefix + "/state/" + storage.Safe(name) + "/" + storage.Safe(string(kt)) + ".json"
+}
+
+// loadState reads the renewal state of a certificate; none is the zero
+// state.
+func (m *Manager) loadState(ctx context.Context, name string, kt KeyType) (renew.State, error) {
+	b, err := m.store.Load(ctx, stateKey(name, kt))
+	if errors.Is(err, fs.ErrNotExist) {
+		return renew.State{}, nil
+	}
+	if err != nil {
+		return renew.State{}, fmt.Errorf("acmetls: loading renewal state of %q: %w", name, err)
+	}
+	var st renew.State
+	if err := json.Unmarshal(b, &st); err != nil {
+		m.logger().Named("renew").Error("corrupt renewal state; starting over", zapName(name), zapErr(err))
+		return renew.State{}, nil
+	}
+	return st, nil
+}
+
+func (m *Manager) saveState(ctx context.Context, name string, kt KeyType, st renew.State) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := m.store.Store(ctx, stateKey(name, kt), b); err != nil {
+		return fmt.Errorf("acmetls: storing renewal state of %q: %w", name, err)
+	}
+	return nil
+}
+
+func (m *Manager) clearState(ctx context.Context, name string, kt KeyType) {
+	if err := m.store.Delete(ctx, stateKey(name, kt)); err != nil {
+		m.logger().Named("renew").Warn("clearing renewal state", zapName(name), zapErr(err))
+	}
+}
+
+// RetryNow clears the backoff of name's certificates and tries at once:
+// a renewal for a certificate the Manager holds, a first issuance for one
+// it could not obtain. It returns the attempt's error.
+func (m *Manager) RetryNow(ctx context.Context, name string) error {
+	if err := m.init(); err != nil {
+		return err
+	}
+	name, err := normalizeName(name)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, kt := range m.keyTypes() {
+		st, err := m.loadState(ctx, name, kt)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if st.Failures > 0 {
+			if err := m.saveState(ctx, name, kt, st.RetryNow()); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		m.sched.mu.Lock()
+		t, tracked := m.sched.certs[name+"/"+string(kt)]
+		m.sched.mu.Unlock()
+		if tracked {
+			errs = append(errs, m.renew(ctx, t, true))
+		} else if _, err := m.certFor(ctx, name, kt); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RetryAll calls RetryNow for every name whose last attempt failed, as
+// the renewal states in storage say.
+func (m *Manager) RetryAll(ctx context.Context) error {
+	if err := m.init(); err != nil {
+		return err
+	}
+	keys, err := m.store.List(ctx, storage.Prefix+"/state", false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("acmetls: listing renewal states: %w", err)
+	}
+	var errs []error
+	for _, k := range keys {
+		name := k[strings.LastIndexByte(k, '/')+1:]
+		errs = append(errs, m.RetryNow(ctx, name))
+	}
+	return errors.Join(errs...)
+}
