@@ -18,8 +18,9 @@ import (
 //     2 KiB;
 //   - an RSA private key kept as its DER (1.3 KiB for RSA 2048) until its
 //     first signature, instead of parsed with its CRT and Montgomery
-//     precomputations (4.5 KiB). Most clients are served ECDSA; the RSA key
-//     of most names is never used.
+//     precomputations (4.5 KiB), and its public key read from the leaf when
+//     first asked for. Most clients are served ECDSA; the RSA key of most
+//     names is never used.
 //
 // c must come from keyPair, which has checked that key and leaf match.
 func compact(c *tls.Certificate) (*tls.Certificate, error) {
@@ -30,8 +31,7 @@ func compact(c *tls.Certificate) (*tls.Certificate, error) {
 		if err != nil {
 			return nil, err
 		}
-		pub := k.PublicKey // a copy: a pointer into k would keep all of k
-		out.PrivateKey = &lazyRSAKey{pub: &pub, der: der}
+		out.PrivateKey = &lazyRSAKey{leaf: c.Certificate[0], der: der}
 	}
 	return &out, nil
 }
@@ -40,7 +40,10 @@ func compact(c *tls.Certificate) (*tls.Certificate, error) {
 // crypto.Signer and a crypto.Decrypter, like *rsa.PrivateKey, so crypto/tls
 // treats it as one.
 type lazyRSAKey struct {
-	pub  *rsa.PublicKey
+	leaf    []byte // the certificate's DER, shared with the tls.Certificate
+	pubOnce sync.Once
+	pub     *rsa.PublicKey
+
 	der  []byte // PKCS #8
 	once sync.Once
 	key  *rsa.PrivateKey
@@ -52,8 +55,16 @@ var (
 	_ crypto.Decrypter = (*lazyRSAKey)(nil)
 )
 
-// Public returns the public key, without parsing the private one.
-func (k *lazyRSAKey) Public() crypto.PublicKey { return k.pub }
+// Public returns the public key, from the leaf, without parsing the
+// private key. The leaf was checked against the key when it was loaded.
+func (k *lazyRSAKey) Public() crypto.PublicKey {
+	k.pubOnce.Do(func() {
+		if leaf, err := x509.ParseCertificate(k.leaf); err == nil {
+			k.pub, _ = leaf.PublicKey.(*rsa.PublicKey)
+		}
+	})
+	return k.pub
+}
 
 // Sign signs with the parsed key.
 func (k *lazyRSAKey) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {

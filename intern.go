@@ -7,8 +7,9 @@ import "sync"
 // two intermediates; without sharing, every cached name would hold its
 // own copy of each (about 1 KiB apiece).
 type interner struct {
-	mu    sync.Mutex // guards byDER
-	byDER map[string][]byte
+	mu      sync.Mutex // guards byDER and strings
+	byDER   map[string][]byte
+	strings map[string]string
 }
 
 // maxInterned bounds the table; a store with more distinct intermediates
@@ -35,4 +36,22 @@ func (in *interner) chain(chain [][]byte) {
 			in.byDER[string(chain[i])] = chain[i]
 		}
 	}
+}
+
+// string returns b as a string shared with every equal one interned
+// before, such as the authority key ID most certificates have in common.
+func (in *interner) string(b []byte) string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if s, ok := in.strings[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if in.strings == nil {
+		in.strings = make(map[string]string)
+	}
+	if len(in.strings) < maxInterned {
+		in.strings[s] = s
+	}
+	return s
 }

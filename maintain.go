@@ -31,35 +31,47 @@ const (
 )
 
 // schedule is the index of the certificates a Manager maintains: when each
-// is due, and when to read its renewal information again. A maintenance
-// pass looks at due entries only.
+// is due, and when to read its renewal information again, in one queue
+// ordered by whichever comes first. A maintenance pass looks at due
+// entries only.
 type schedule struct {
-	mu    sync.Mutex          // guards certs, due, polls and limit
-	certs map[string]*tracked // by name and key type
-	due   renew.Queue         // renewal starts
-	polls renew.Queue         // ARI reads
+	mu    sync.Mutex            // guards certs, queue and limit
+	certs map[trackKey]*tracked // by name and key type
+	queue renew.Queue[*tracked]
 	limit renew.Limiter
 	wake  chan struct{} // nudges Run when something is queued earlier
 }
 
-// tracked is what the schedule keeps of one certificate: enough to decide
-// and to ask the CA, not the certificate itself.
-type tracked struct {
-	name      string
-	kt        KeyType
-	notBefore time.Time
-	notAfter  time.Time
-	aki       []byte
-	serial    *big.Int
-	ari       renew.ARI
+type trackKey struct {
+	name string
+	kt   keyIndex
 }
 
-func (t *tracked) key() string { return t.name + "/" + string(t.kt) }
+// tracked is what the schedule keeps of one certificate: enough to decide
+// and to ask the CA, not the certificate itself, and small, since a
+// Manager tracks one per name and key type.
+type tracked struct {
+	renew.Entry // in schedule.queue, at the earlier of due and ari.NextPoll
+	trackKey
+	notBefore, notAfter time.Time
+	aki                 string // authority key ID, shared by most certificates
+	serial              string // big-endian bytes
+	ari                 renew.ARI
+	due                 time.Time // when the renewal should start
+}
+
+func (t *tracked) keyType() KeyType { return t.kt.keyType() }
+
+func (t *tracked) String() string { return t.name + "/" + string(t.keyType()) }
 
 // ariCert is the least of a certificate acmez needs to ask for its
 // renewal information or to name it in "replaces".
 func (t *tracked) ariCert() *x509.Certificate {
-	return &x509.Certificate{AuthorityKeyId: t.aki, SerialNumber: t.serial, DNSNames: []string{t.name}}
+	return &x509.Certificate{
+		AuthorityKeyId: []byte(t.aki),
+		SerialNumber:   new(big.Int).SetBytes([]byte(t.serial)),
+		DNSNames:       []string{t.name},
+	}
 }
 
 func (m *Manager) now() time.Time {
@@ -76,45 +88,56 @@ func (m *Manager) renewConcurrency() int {
 	return defaultRenewConcurrency
 }
 
-// track puts a certificate just cached into the schedule. ri is the
-// renewal information stored with it, if any.
+// track puts a certificate just cached into the schedule, replacing the
+// name's previous certificate of the same type. ri is the renewal
+// information stored with it, if any.
 func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage) {
 	now := m.now()
 	t := &tracked{
-		name: name, kt: kt, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
-		aki: leaf.AuthorityKeyId, serial: leaf.SerialNumber,
+		trackKey:  trackKey{name: name, kt: indexOf(kt)},
+		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
+		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
 	}
 	var info acme.RenewalInfo
 	if len(ri) > 0 && json.Unmarshal(ri, &info) == nil && info.HasWindow() {
 		w := renew.Window{Start: info.SuggestedWindow.Start, End: info.SuggestedWindow.End}
 		t.ari = t.ari.Update(w, info.ExplanationURL, time.Time{}, now, rand.Float64())
 	}
+	// Renewal information is read at least twice a day; a first read is
+	// spread over that period.
+	t.ari.NextPoll = renew.Spread(t.String(), now, t.notAfter, renew.MaxPollInterval)
 	s := &m.sched
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.certs == nil {
-		s.certs = make(map[string]*tracked)
+		s.certs = make(map[trackKey]*tracked)
 	}
-	s.certs[t.key()] = t
-	s.queue(t, now)
-	// Renewal information is read at least twice a day; a first read is
-	// spread over that period.
-	s.polls.Push(t.key(), renew.Spread(t.key(), now, t.notAfter, renew.MaxPollInterval))
-	s.nudge()
+	if old := s.certs[t.trackKey]; old != nil {
+		s.queue.Remove(old)
+	}
+	s.certs[t.trackKey] = t
+	s.schedule(t, now)
 }
 
-// queue (re)places t in the renewal queue. The caller holds s.mu.
-func (s *schedule) queue(t *tracked, now time.Time) {
+// schedule computes when t is due and queues it. The caller holds s.mu.
+func (s *schedule) schedule(t *tracked, now time.Time) {
 	ari := &t.ari
 	due := renew.Due(t.notBefore, t.notAfter, ari, now)
-	start := renew.Spread(t.key(), due, t.notAfter, renewSpread)
+	t.due = renew.Spread(t.String(), due, t.notAfter, renewSpread)
 	if !due.After(now) && ari.Window.Valid() && !now.Before(ari.Window.End) {
-		start = now // the CA wants it replaced now: no spreading
+		t.due = now // the CA wants it replaced now: no spreading
 	}
-	s.due.Push(t.key(), start)
+	s.push(t)
 }
 
-func (s *schedule) nudge() {
+// push queues t at the earlier of its due time and its next poll, and
+// wakes Run. The caller holds s.mu.
+func (s *schedule) push(t *tracked) {
+	next := t.due
+	if t.ari.NextPoll.Before(next) {
+		next = t.ari.NextPoll
+	}
+	s.queue.Push(t, next)
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -159,66 +182,71 @@ func jitter(d time.Duration) time.Duration {
 	return d - time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
-// maintain starts what is due now: ARI reads, and renewals as slots free
-// up. It returns when it next has something to do.
+// maintain starts what is due now: renewals as slots free up and the
+// limit allows, and renewal-information reads. It returns when it next has
+// something to do.
 func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan struct{}) time.Time {
 	now := m.now()
 	s := &m.sched
 	s.mu.Lock()
-	polls := s.polls.PopDue(now, cap(slots), nil)
-	renewals := s.due.PopDue(now, cap(slots)-len(slots), &s.limit)
-	next := now.Add(maintainInterval)
-	for _, q := range []*renew.Queue{&s.due, &s.polls} {
-		if t, ok := q.Next(); ok && t.Before(next) {
-			next = t
+	var renewals, polls []*tracked
+	for _, t := range s.queue.PopDue(now, cap(slots)) {
+		switch {
+		case t.due.After(now):
+			polls = append(polls, t)
+		case len(renewals) < cap(slots)-len(slots) && s.limit.Allow(now):
+			renewals = append(renewals, t)
+		default:
+			s.queue.Push(t, maxTime(s.limit.NextAllowed(now), now.Add(time.Second)))
 		}
 	}
+	next := now.Add(maintainInterval)
+	if t, ok := s.queue.Next(); ok && t.Before(next) {
+		next = t
+	}
 	s.mu.Unlock()
-	for _, key := range polls {
+	for _, t := range polls {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m.pollARI(ctx, key)
+			m.pollARI(ctx, t)
 		}()
 	}
-	for _, key := range renewals {
+	for _, t := range renewals {
 		slots <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			m.renewKey(ctx, key, false)
-			s.nudge() // a slot is free
+			_ = m.renew(ctx, t, false)
 		}()
 	}
 	return next
 }
 
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // pollARI reads a certificate's renewal information and requeues it.
-func (m *Manager) pollARI(ctx context.Context, key string) {
+func (m *Manager) pollARI(ctx context.Context, t *tracked) {
+	ctx, note := withRetryAfterNote(ctx)
+	info, err := m.client.GetRenewalInfo(ctx, t.ariCert())
+	now := m.now()
 	s := &m.sched
 	s.mu.Lock()
-	t, ok := s.certs[key]
-	var cert *x509.Certificate
-	if ok {
-		cert = t.ariCert()
-	}
-	s.mu.Unlock()
-	if !ok {
-		return
-	}
-	ctx, note := withRetryAfterNote(ctx)
-	info, err := m.client.GetRenewalInfo(ctx, cert)
-	now := m.now()
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.certs[key] != t {
+	if s.certs[t.trackKey] != t {
 		return // replaced meanwhile
 	}
 	if err != nil {
 		m.logger().Named("renew").Warn("reading renewal information",
-			zapName(t.name), zapKeyType(t.kt), zapErr(err))
-		s.polls.Push(key, renew.NextPoll(note.get(), now))
+			zapName(t.name), zapKeyType(t.keyType()), zapErr(err))
+		t.ari.NextPoll = renew.NextPoll(note.get(), now)
+		s.push(t)
 		return
 	}
 	var retryAfter time.Time
@@ -229,28 +257,16 @@ func (m *Manager) pollARI(ctx context.Context, key string) {
 	t.ari = t.ari.Update(w, info.ExplanationURL, retryAfter, now, rand.Float64())
 	if t.ari.ExplanationURL != "" {
 		m.logger().Named("renew").Info("renewal information has an explanation",
-			zapName(t.name), zapKeyType(t.kt), zapString("explanation_url", t.ari.ExplanationURL))
+			zapName(t.name), zapKeyType(t.keyType()), zapString("explanation_url", t.ari.ExplanationURL))
 	}
-	s.polls.Push(key, t.ari.NextPoll)
-	s.queue(t, now)
-	s.nudge()
+	s.schedule(t, now)
 }
 
-// renewKey renews one tracked certificate, unless its stored renewal
-// state says to wait (force skips the wait, for RetryNow).
-func (m *Manager) renewKey(ctx context.Context, key string, force bool) error {
-	s := &m.sched
-	s.mu.Lock()
-	t, ok := s.certs[key]
-	s.mu.Unlock()
-	if !ok {
-		return nil
-	}
-	err := m.renew(ctx, t, force)
-	if err != nil && !errors.Is(err, errBackingOff) {
-		return err
-	}
-	return nil
+// tracked returns the schedule's entry for name and kt, or nil.
+func (m *Manager) tracked(name string, kt KeyType) *tracked {
+	m.sched.mu.Lock()
+	defer m.sched.mu.Unlock()
+	return m.sched.certs[trackKey{name: name, kt: indexOf(kt)}]
 }
 
 // errBackingOff is returned when an attempt is not allowed yet.
@@ -261,7 +277,8 @@ var errBackingOff = errors.New("acmetls: backing off after failures")
 func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
 	defer cancel()
-	st, err := m.loadState(ctx, t.name, t.kt)
+	kt := t.keyType()
+	st, err := m.loadState(ctx, t.name, kt)
 	if err != nil {
 		m.requeue(t, m.now().Add(renew.Backoff(1)))
 		return err
@@ -270,48 +287,49 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 		m.requeue(t, st.NextAttempt)
 		return errBackingOff
 	}
-	lock := storage.CertLockName(t.name, string(t.kt))
+	lock := storage.CertLockName(t.name, string(kt))
 	if err := m.store.Lock(ctx, lock); err != nil {
 		m.requeue(t, m.now().Add(renew.Backoff(1)))
 		return fmt.Errorf("acmetls: locking %s: %w", lock, err)
 	}
 	defer m.unlock(lock)
 	// Storage first: a sibling may have renewed while we waited.
-	if c, rec, err := m.readCert(ctx, t.name, t.kt); err == nil && c != nil && c.Leaf.SerialNumber.Cmp(t.serial) != 0 {
-		if _, err := m.cacheCert(t.name, t.kt, c, rec.RenewalInfo); err == nil {
+	if c, rec, err := m.readCert(ctx, t.name, kt); err == nil && c != nil && string(c.Leaf.SerialNumber.Bytes()) != t.serial {
+		if _, err := m.cacheCert(t.name, kt, c, rec.RenewalInfo); err == nil {
 			return nil
 		}
 	}
 	ctx, note := withRetryAfterNote(ctx)
-	c, ri, err := m.obtain(ctx, t.name, t.kt, t.ariCert())
+	c, ri, err := m.obtain(ctx, t.name, kt, t.ariCert())
 	now := m.now()
 	if err != nil {
 		st = st.Failed(now, err.Error(), problemType(err), note.get())
-		if serr := m.saveState(ctx, t.name, t.kt, st); serr != nil {
+		if serr := m.saveState(ctx, t.name, kt, st); serr != nil {
 			err = errors.Join(err, serr)
 		}
 		m.requeue(t, st.NextAttempt)
-		m.emit(Event{Kind: EventRenewFailed, ServerName: t.name, KeyType: t.kt, NotAfter: t.notAfter,
+		m.emit(Event{Kind: EventRenewFailed, ServerName: t.name, KeyType: kt, NotAfter: t.notAfter,
 			Attempt: st.Failures, NextAttempt: st.NextAttempt, Err: err})
 		return err
 	}
 	if st.Failures > 0 {
-		m.clearState(ctx, t.name, t.kt)
+		m.clearState(ctx, t.name, kt)
 	}
-	if _, err := m.cacheCert(t.name, t.kt, c, ri); err != nil {
+	if _, err := m.cacheCert(t.name, kt, c, ri); err != nil {
 		return err
 	}
-	m.emit(Event{Kind: EventRenewed, ServerName: t.name, KeyType: t.kt, NotAfter: c.Leaf.NotAfter})
+	m.emit(Event{Kind: EventRenewed, ServerName: t.name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
 	return nil
 }
 
+// requeue puts t back to be renewed at at, unless it was replaced.
 func (m *Manager) requeue(t *tracked, at time.Time) {
 	s := &m.sched
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.certs[t.key()] == t {
-		s.due.Push(t.key(), at)
-		s.nudge()
+	if s.certs[t.trackKey] == t {
+		t.due = at
+		s.push(t)
 	}
 }
 
@@ -388,10 +406,7 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 				continue
 			}
 		}
-		m.sched.mu.Lock()
-		t, tracked := m.sched.certs[name+"/"+string(kt)]
-		m.sched.mu.Unlock()
-		if tracked {
+		if t := m.tracked(name, kt); t != nil {
 			errs = append(errs, m.renew(ctx, t, true))
 		} else if _, err := m.certFor(ctx, name, kt); err != nil {
 			errs = append(errs, err)

@@ -222,7 +222,6 @@ func TestRenewFailureScheduleAndRetryNow(t *testing.T) {
 	if err := m.ManageSync(ctx, name); err != nil {
 		t.Fatal(err)
 	}
-	key := name + "/" + string(ECDSAP256)
 	failing.Store(true)
 
 	t0 := clock.Now().Add(80 * 24 * time.Hour) // long past due
@@ -232,7 +231,11 @@ func TestRenewFailureScheduleAndRetryNow(t *testing.T) {
 		t.Helper()
 		clock.Set(t0.Add(at))
 		before := attempts.Load()
-		if err := m.renewKey(ctx, key, false); err == nil && wantAttempt {
+		err := m.renew(ctx, m.tracked(name, ECDSAP256), false)
+		if errors.Is(err, errBackingOff) == wantAttempt {
+			t.Fatalf("at +%v: %v", at, err)
+		}
+		if err == nil && wantAttempt {
 			t.Fatalf("at +%v: renewal succeeded against a failing CA", at)
 		}
 		if made := attempts.Load() > before; made != wantAttempt {

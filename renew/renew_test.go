@@ -222,20 +222,37 @@ func TestSpread(t *testing.T) {
 	}
 }
 
+type job struct {
+	Entry
+	name string
+}
+
 func TestQueue(t *testing.T) {
-	var q Queue
-	q.Push("c", t0.Add(3*time.Hour))
-	q.Push("a", t0.Add(time.Hour))
-	q.Push("b", t0.Add(2*time.Hour))
-	q.Push("c", t0.Add(30*time.Minute)) // moved earlier
-	if got := q.PopDue(t0, 10, nil); len(got) != 0 {
-		t.Fatalf("nothing due at t0, got %q", got)
+	var q Queue[*job]
+	a, b, c := &job{name: "a"}, &job{name: "b"}, &job{name: "c"}
+	q.Push(c, t0.Add(3*time.Hour))
+	q.Push(a, t0.Add(time.Hour))
+	q.Push(b, t0.Add(2*time.Hour))
+	q.Push(c, t0.Add(30*time.Minute)) // moved earlier
+	if got := q.PopDue(t0, 10); len(got) != 0 {
+		t.Fatalf("nothing due at t0, got %d", len(got))
 	}
-	if got := fmt.Sprint(q.PopDue(t0.Add(90*time.Minute), 10, nil)); got != "[c a]" {
+	var names []string
+	for _, j := range q.PopDue(t0.Add(90*time.Minute), 10) {
+		names = append(names, j.name)
+	}
+	if got := fmt.Sprint(names); got != "[c a]" {
 		t.Fatalf("PopDue = %s", got)
 	}
-	q.Remove("b")
-	if q.Len() != 0 {
+	if a.Queued() || !b.Queued() {
+		t.Fatal("Queued is wrong")
+	}
+	q.Remove(b)
+	q.Remove(b) // not queued: no effect
+	if q.Len() != 0 || b.Queued() {
 		t.Fatalf("Len = %d", q.Len())
+	}
+	if _, ok := q.Next(); ok {
+		t.Fatal("Next on an empty queue")
 	}
 }

@@ -22,15 +22,11 @@ func TestSpreadSimulation(t *testing.T) {
 		orderTime   = 20 * time.Second
 	)
 	r := rand.New(rand.NewPCG(7, 8))
-	type cert struct{ notBefore, notAfter time.Time }
-	all := make(map[string]cert, certs)
-	var q Queue
+	var q Queue[*cert]
 	for i := 0; i < certs; i++ {
 		nb := t0.Add(time.Duration(r.Int64N(int64(time.Hour))))
-		c := cert{nb, nb.Add(life)}
-		key := fmt.Sprintf("site%d.example.com/ecdsa-p256", i)
-		all[key] = c
-		q.Push(key, Spread(key, Due(c.notBefore, c.notAfter, nil, t0), c.notAfter, spread))
+		c := &cert{key: fmt.Sprintf("site%d.example.com/ecdsa-p256", i), notBefore: nb, notAfter: nb.Add(life)}
+		q.Push(c, Spread(c.key, Due(c.notBefore, c.notAfter, nil, t0), c.notAfter, spread))
 	}
 
 	lim := &Limiter{PerHour: perHour}
@@ -47,18 +43,22 @@ func TestSpreadSimulation(t *testing.T) {
 		// Finish what is done by now.
 		for running.Len() > 0 && !running[0].at.After(now) {
 			f := heap.Pop(&running).(finish)
-			c := all[f.key]
+			c := f.cert
 			due := RatioTime(c.notBefore, c.notAfter)
 			latest = max(latest, f.at.Sub(due))
 			worstLeft = min(worstLeft, c.notAfter.Sub(f.at))
 			deadline := due.Add(c.notAfter.Sub(due) / 2)
 			if f.at.After(deadline) {
-				t.Fatalf("%s renewed at %v, after its deadline %v", f.key, f.at, deadline)
+				t.Fatalf("%s renewed at %v, after its deadline %v", c.key, f.at, deadline)
 			}
 			renewed++
 		}
-		for _, key := range q.PopDue(now, concurrency-running.Len(), lim) {
-			heap.Push(&running, finish{key: key, at: now.Add(orderTime)})
+		for _, c := range q.PopDue(now, concurrency-running.Len()) {
+			if !lim.Allow(now) {
+				q.Push(c, lim.NextAllowed(now))
+				continue
+			}
+			heap.Push(&running, finish{cert: c, at: now.Add(orderTime)})
 			startsIn[now.Unix()/3600]++
 		}
 		peakConc = max(peakConc, running.Len())
@@ -86,9 +86,15 @@ func TestSpreadSimulation(t *testing.T) {
 	}
 }
 
+type cert struct {
+	Entry
+	key                 string
+	notBefore, notAfter time.Time
+}
+
 type finish struct {
-	key string
-	at  time.Time
+	cert *cert
+	at   time.Time
 }
 
 type finishHeap []finish
