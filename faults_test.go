@@ -136,8 +136,9 @@ func TestStorageFailure(t *testing.T) {
 	}
 }
 
-// A CA that answers 429 or is unreachable yields a clear error, and the
-// name is obtained once the CA is back.
+// A CA that answers 429 or is unreachable yields a clear error, later
+// attempts back off, and the admin's RetryAll obtains the names once the CA
+// is back.
 func TestCAFailure(t *testing.T) {
 	t.Parallel()
 	var mode atomic.Int32 // 0 ok, 1 rate limited, 2 gone
@@ -175,8 +176,23 @@ func TestCAFailure(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "gone.example.com") {
 		t.Errorf("CA gone: err = %v", err)
 	}
+	// The failures back off: asking again does not reach the CA.
 	mode.Store(0)
+	orders := len(e.ca.Orders())
+	if err := m.ManageSync(ctx, "limited.example.com", "gone.example.com"); !errors.Is(err, errBackingOff) {
+		t.Fatalf("during the backoff: %v, want errBackingOff", err)
+	}
+	if n := len(e.ca.Orders()); n != orders {
+		t.Fatalf("%d orders placed during the backoff", n-orders)
+	}
+	// The admin retries both at once.
+	if err := m.RetryAll(ctx); err != nil {
+		t.Fatalf("RetryAll after the CA recovered: %v", err)
+	}
 	if err := m.ManageSync(ctx, "limited.example.com", "gone.example.com"); err != nil {
-		t.Fatalf("after the CA recovered: %v", err)
+		t.Fatalf("after the retry: %v", err)
+	}
+	if n := len(e.ca.Orders()) - orders; n != 2 {
+		t.Errorf("%d orders for the two names, want 2", n)
 	}
 }
