@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of BENCHMARKS.md and prints benchstat's tables.
-# Takes about 15 minutes on 2 cores; run it on an otherwise idle machine.
+# Takes about 25 minutes on 2 cores; run it on an otherwise idle machine.
+# Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
+shift || true
+groups=${*:-b1 b2 b3 b4 b5}
 mkdir -p "$out"
 go install golang.org/x/perf/cmd/benchstat@latest
 bs=$(go env GOPATH)/bin/benchstat
-go test -run '^$' -bench 'BenchmarkHit' -benchtime 300000x -count 10 ./bench/ > "$out/b1.txt"
-go test -run '^$' -bench 'BenchmarkHandshake' -benchtime 300x -count 10 ./bench/ > "$out/b2.txt"
-go test -run '^$' -bench 'BenchmarkHeapPerName' -benchtime 1x -count 3 ./bench/ > "$out/b3.txt"
-go test -run '^$' -bench 'BenchmarkColdStart' -benchtime 5000x -count 5 ./bench/ > "$out/b4.txt"
-for f in b1 b2 b3; do
-	echo "== $f"
-	"$bs" -col /impl "$out/$f.txt"
+for g in $groups; do
+	case $g in
+	b1) go test -run '^$' -bench 'BenchmarkHit' -benchtime 300000x -count 10 ./bench/ > "$out/b1.txt" ;;
+	b2) go test -run '^$' -bench 'BenchmarkHandshake' -benchtime 300x -count 10 ./bench/ > "$out/b2.txt" ;;
+	b3) go test -run '^$' -bench 'BenchmarkHeapPerName' -benchtime 1x -count 6 ./bench/ > "$out/b3.txt" ;;
+	b4) go test -run '^$' -bench 'BenchmarkColdStart' -benchtime 5000x -count 6 ./bench/ > "$out/b4.txt" ;;
+	b5) go test -run '^$' -bench 'BenchmarkMaintenancePass' -count 10 . > "$out/b5.txt" ;;
+	esac
+	echo "== $g"
+	case $g in
+	b1 | b2 | b3) "$bs" -col /impl "$out/$g.txt" ;;
+	*) "$bs" "$out/$g.txt" ;;
+	esac
 done
-echo "== b4"
-"$bs" "$out/b4.txt"
