@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 
 	"github.com/caddyserver/certmagic"
@@ -35,6 +36,33 @@ func ExampleManager() {
 		Handler:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "hello") }),
 	}
 	log.Fatal(srv.ListenAndServeTLS("", ""))
+}
+
+// Renewal runs in the background; every success and failure reaches the
+// admin through OnEvent (and the log), and an admin can retry at once.
+func ExampleManager_Run() {
+	m := &acmetls.Manager{
+		Email:            "ops@example.com",
+		AgreeToTerms:     true,
+		RenewConcurrency: 4,
+		RenewPerHour:     600,
+		OnEvent: func(e acmetls.Event) {
+			if e.Err != nil {
+				log.Printf("certificate trouble: %v", e) // page someone
+			}
+		},
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := m.ManageSync(ctx, "example.com"); err != nil {
+		log.Print(err) // served as soon as a retry succeeds
+	}
+	go m.Run(ctx)
+
+	// Later, once the DNS of example.com is fixed:
+	if err := m.RetryNow(ctx, "example.com"); err != nil {
+		log.Print(err)
+	}
 }
 
 // A hosting provider's frontend: certificates for its customers' names are

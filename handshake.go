@@ -11,8 +11,8 @@ import (
 // GetCertificate returns the certificate for a TLS handshake; use it as
 // tls.Config.GetCertificate, or take [Manager.TLSConfig].
 //
-// A certificate in memory is returned without allocating or taking an
-// exclusive lock. Otherwise storage is read, once per name however many
+// A certificate in memory is returned without allocating or taking a
+// lock. Otherwise storage is read, once per name however many
 // handshakes wait; if storage has nothing usable and the name is managed
 // or allowed on demand, the certificate is obtained from the CA: the key
 // type this client supports first, the others in the background. Waiting
@@ -24,7 +24,8 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if err := m.init(); err != nil {
 		return nil, err
 	}
-	if !isChallengeHello(hello) {
+	challenge := isChallengeHello(hello)
+	if !challenge {
 		// Only normalized names are cached: a name found in the cache
 		// needs no further checks.
 		if p := m.cache.get(hello.ServerName); p != nil {
@@ -37,7 +38,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if err != nil {
 		return nil, err
 	}
-	if isChallengeHello(hello) {
+	if challenge {
 		return m.alpnCert(helloContext(hello), name)
 	}
 	return m.getCertificateSlow(helloContext(hello), hello, name)

@@ -387,3 +387,24 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	}
 	goleak.VerifyNone(t, ignore)
 }
+
+// Names obtained on demand are renewed in the background too, without a
+// handshake asking for them.
+func TestRunRenewsOnDemandNames(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{Validity: 20 * time.Second})
+	var evs events
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Names: []string{"ondemand.example.com"}}
+		m.OnEvent = evs.add
+	})
+	if _, err := e.handshake("ondemand.example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	runManager(t, m)
+	waitFor(t, "the renewal", func() bool { return len(evs.of(EventRenewed)) >= 1 })
+	if n := e.ca.FinalizationsFor("ondemand.example.com", "ECDSA"); n < 2 {
+		t.Errorf("finalizations = %d, want a renewal", n)
+	}
+}
