@@ -28,6 +28,10 @@ const (
 	renewSpread = 12 * time.Hour
 	// defaultRenewConcurrency bounds the renewals in flight.
 	defaultRenewConcurrency = 4
+	// maxPollsPerPass bounds the renewal-information reads a pass starts;
+	// passes run at least once a second while reads are due, which is
+	// enough for about 1.3 million certificates read twice a day.
+	maxPollsPerPass = 32
 )
 
 // schedule is the index of the certificates a Manager maintains: when each
@@ -190,9 +194,13 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 	s := &m.sched
 	s.mu.Lock()
 	var renewals, polls []*tracked
-	for _, t := range s.queue.PopDue(now, cap(slots)) {
+	for _, t := range s.queue.PopDue(now, maxPollsPerPass+cap(slots)) {
 		switch {
 		case t.due.After(now):
+			if len(polls) == maxPollsPerPass {
+				s.queue.Push(t, now.Add(time.Second))
+				continue
+			}
 			polls = append(polls, t)
 		case len(renewals) < cap(slots)-len(slots) && s.limit.Allow(now):
 			renewals = append(renewals, t)
