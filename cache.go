@@ -16,8 +16,18 @@ type certPair struct {
 }
 
 // keyIndex is a KeyType in one byte: its index in validKeyTypes plus one,
-// zero for none. It keeps cache slots small.
+// zero for none. It keeps cache slots small and the handshake path free of
+// string comparisons.
 type keyIndex uint8
+
+// The keyIndex of each KeyType, in validKeyTypes' order.
+const (
+	kiP256 keyIndex = iota + 1
+	kiP384
+	kiRSA2048
+	kiRSA3072
+	kiRSA4096
+)
 
 func indexOf(kt KeyType) keyIndex {
 	for i, v := range validKeyTypes {
@@ -38,10 +48,10 @@ func (i keyIndex) keyType() KeyType {
 // choose returns the certificate the client supports, ECDSA first, or nil.
 // It allocates nothing.
 func (p *certPair) choose(hello *tls.ClientHelloInfo) *tls.Certificate {
-	if p.ecdsa != nil && supports(hello, p.ecdsaType.keyType()) {
+	if p.ecdsa != nil && supportsIndex(hello, p.ecdsaType) {
 		return p.ecdsa
 	}
-	if p.rsa != nil && supports(hello, p.rsaType.keyType()) {
+	if p.rsa != nil && supportsIndex(hello, p.rsaType) {
 		return p.rsa
 	}
 	return nil

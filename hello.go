@@ -34,11 +34,17 @@ var (
 // supports reports whether the client that sent hello can be served a
 // certificate whose key is of type kt.
 func supports(hello *tls.ClientHelloInfo, kt KeyType) bool {
+	return supportsIndex(hello, indexOf(kt))
+}
+
+// supportsIndex is supports with the key type as a keyIndex, so that the
+// handshake path compares bytes, not strings.
+func supportsIndex(hello *tls.ClientHelloInfo, ki keyIndex) bool {
 	vers := mutualVersion(hello.SupportedVersions)
-	if vers == 0 {
+	if vers == 0 || ki == 0 {
 		return false
 	}
-	if len(hello.SignatureSchemes) > 0 && !anySignatureScheme(vers, kt, hello.SignatureSchemes) {
+	if len(hello.SignatureSchemes) > 0 && !anySignatureScheme(vers, ki, hello.SignatureSchemes) {
 		return false
 	}
 	if vers == tls.VersionTLS13 {
@@ -47,11 +53,11 @@ func supports(hello *tls.ClientHelloInfo, kt KeyType) bool {
 	if !supportsECDHE(hello) {
 		return false
 	}
-	if kt.isECDSA() {
-		if !containsCurve(hello.SupportedCurves, curveOf(kt)) {
-			return false
-		}
-		return anySuite(hello.CipherSuites, ecdsaSuites[:])
+	switch ki {
+	case kiP256:
+		return containsCurve(hello.SupportedCurves, tls.CurveP256) && anySuite(hello.CipherSuites, ecdsaSuites[:])
+	case kiP384:
+		return containsCurve(hello.SupportedCurves, tls.CurveP384) && anySuite(hello.CipherSuites, ecdsaSuites[:])
 	}
 	return anySuite(hello.CipherSuites, rsaSuites[:])
 }
@@ -72,9 +78,9 @@ func mutualVersion(peer []uint16) uint16 {
 	return 0
 }
 
-func anySignatureScheme(vers uint16, kt KeyType, peer []tls.SignatureScheme) bool {
+func anySignatureScheme(vers uint16, ki keyIndex, peer []tls.SignatureScheme) bool {
 	for _, s := range peer {
-		if signatureSchemeFits(vers, kt, s) {
+		if signatureSchemeFits(vers, ki, s) {
 			return true
 		}
 	}
@@ -84,12 +90,12 @@ func anySignatureScheme(vers uint16, kt KeyType, peer []tls.SignatureScheme) boo
 // signatureSchemeFits reports whether the server may sign with s using a key
 // of type kt at version vers (SHA-1 is disabled in both versions, PKCS #1
 // v1.5 in TLS 1.3, and TLS 1.3 binds ECDSA schemes to one curve).
-func signatureSchemeFits(vers uint16, kt KeyType, s tls.SignatureScheme) bool {
-	switch kt {
-	case ECDSAP256, ECDSAP384:
+func signatureSchemeFits(vers uint16, ki keyIndex, s tls.SignatureScheme) bool {
+	switch ki {
+	case kiP256, kiP384:
 		if vers == tls.VersionTLS13 {
-			return (kt == ECDSAP256 && s == tls.ECDSAWithP256AndSHA256) ||
-				(kt == ECDSAP384 && s == tls.ECDSAWithP384AndSHA384)
+			return (ki == kiP256 && s == tls.ECDSAWithP256AndSHA256) ||
+				(ki == kiP384 && s == tls.ECDSAWithP384AndSHA384)
 		}
 		return s == tls.ECDSAWithP256AndSHA256 || s == tls.ECDSAWithP384AndSHA384 || s == tls.ECDSAWithP521AndSHA512
 	default:
@@ -125,13 +131,6 @@ func supportsECDHE(hello *tls.ClientHelloInfo) bool {
 		}
 	}
 	return false
-}
-
-func curveOf(kt KeyType) tls.CurveID {
-	if kt == ECDSAP384 {
-		return tls.CurveP384
-	}
-	return tls.CurveP256
 }
 
 func containsCurve(cs []tls.CurveID, c tls.CurveID) bool {

@@ -188,3 +188,16 @@ func TestTermsMustBeAgreed(t *testing.T) {
 		t.Errorf("orders = %d", n)
 	}
 }
+
+// The keyIndex constants follow validKeyTypes.
+func TestKeyIndexes(t *testing.T) {
+	for i, want := range []keyIndex{kiP256, kiP384, kiRSA2048, kiRSA3072, kiRSA4096} {
+		kt := validKeyTypes[i]
+		if got := indexOf(kt); got != want || got.keyType() != kt {
+			t.Errorf("%s: index %d, want %d", kt, got, want)
+		}
+	}
+	if indexOf("dsa") != 0 || keyIndex(0).keyType() != "" {
+		t.Error("unknown key types do not map to zero")
+	}
+}
