@@ -13,14 +13,16 @@ bs=$(go env GOPATH)/bin/benchstat
 for g in $groups; do
 	case $g in
 	b1) go test -run '^$' -bench 'BenchmarkHit' -benchtime 300000x -count 10 ./bench/ > "$out/b1.txt" ;;
-	b2) go test -run '^$' -bench 'BenchmarkHandshake' -benchtime 300x -count 10 ./bench/ > "$out/b2.txt" ;;
+	b2) go test -run '^$' -bench 'BenchmarkHandshake$' -benchtime 300x -count 10 ./bench/ > "$out/b2.txt"
+		go test -run '^$' -bench 'BenchmarkHandshakeInterleaved' -benchtime 300x -count 10 ./bench/ > "$out/b2-interleaved.txt" ;;
 	b3) go test -run '^$' -bench 'BenchmarkHeapPerName' -benchtime 1x -count 6 ./bench/ > "$out/b3.txt" ;;
 	b4) go test -run '^$' -bench 'BenchmarkColdStart' -benchtime 5000x -count 6 ./bench/ > "$out/b4.txt" ;;
 	b5) go test -run '^$' -bench 'BenchmarkMaintenancePass' -count 10 . > "$out/b5.txt" ;;
 	esac
 	echo "== $g"
 	case $g in
-	b1 | b2 | b3) "$bs" -col /impl "$out/$g.txt" ;;
+	b1 | b3) "$bs" -col /impl "$out/$g.txt" ;;
+	b2) "$bs" -col /impl "$out/b2.txt"; "$bs" "$out/b2-interleaved.txt" ;;
 	*) "$bs" "$out/$g.txt" ;;
 	esac
 done
