@@ -58,15 +58,18 @@ func pool(certs []*x509.Certificate) *x509.CertPool {
 	return p
 }
 
+// onlyChallenge leaves one challenge type enabled.
+var onlyChallenge = []struct {
+	name    string
+	disable func(*Manager)
+}{
+	{"http-01", func(m *Manager) { m.DisableTLSALPNChallenge = true }},
+	{"tls-alpn-01", func(m *Manager) { m.DisableHTTPChallenge = true }},
+}
+
 func TestEachChallengeType(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name    string
-		disable func(*Manager)
-	}{
-		{"http-01", func(m *Manager) { m.DisableTLSALPNChallenge = true }},
-		{"tls-alpn-01", func(m *Manager) { m.DisableHTTPChallenge = true }},
-	} {
+	for _, tc := range onlyChallenge {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, acmetest.Options{})
@@ -85,13 +88,7 @@ func TestEachChallengeType(t *testing.T) {
 // shared storage.
 func TestChallengeAnsweredBySibling(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name    string
-		disable func(*Manager)
-	}{
-		{"http-01", func(m *Manager) { m.DisableTLSALPNChallenge = true }},
-		{"tls-alpn-01", func(m *Manager) { m.DisableHTTPChallenge = true }},
-	} {
+	for _, tc := range onlyChallenge {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, acmetest.Options{})

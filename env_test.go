@@ -3,7 +3,6 @@ package acmetls
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"io"
 	"log"
 	"net"
@@ -142,5 +141,3 @@ var (
 func leafKeyAlgorithm(cs tls.ConnectionState) string {
 	return cs.PeerCertificates[0].PublicKeyAlgorithm.String()
 }
-
-var _ = errors.New

@@ -16,32 +16,13 @@ import (
 func BenchmarkHandshake(b *testing.B) {
 	c := getCorpus(b, 1)
 	for _, key := range []string{"ECDSA", "RSA"} {
-		rsaKey := key == "RSA"
-		cert := c.tlsCert(0, rsaKey)
-		kt := acmetls.ECDSAP256
-		if rsaKey {
-			kt = acmetls.RSA2048
-		}
-		m := &acmetls.Manager{Storage: memStorage(c, 1), KeyTypes: []acmetls.KeyType{kt}}
-		if err := m.ManageSync(b.Context(), c.names[0]); err != nil {
-			b.Fatal(err)
-		}
-		cm, stop := newCertMagic(b, c, 1, rsaKey)
-		defer stop()
-		servers := []struct {
-			impl string
-			cfg  *tls.Config
-		}{
-			{"static", &tls.Config{Certificates: []tls.Certificate{cert}}},
-			{"acmetls", m.TLSConfig()},
-			{"certmagic", &tls.Config{GetCertificate: cm.GetCertificate}},
-		}
+		servers := handshakeServers(b, c, key == "RSA")
 		client := &tls.Config{ServerName: c.names[0], RootCAs: c.roots, MinVersion: tls.VersionTLS13}
-		for _, srv := range servers {
-			b.Run("key="+key+"/impl="+srv.impl, func(b *testing.B) {
+		for i, impl := range []string{"static", "acmetls", "certmagic"} {
+			b.Run("key="+key+"/impl="+impl, func(b *testing.B) {
 				b.ReportAllocs()
 				for b.Loop() {
-					if err := handshake(client, srv.cfg); err != nil {
+					if err := handshake(client, servers[i]); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -71,23 +52,7 @@ func handshake(client, server *tls.Config) error {
 func BenchmarkHandshakeInterleaved(b *testing.B) {
 	c := getCorpus(b, 1)
 	for _, key := range []string{"ECDSA", "RSA"} {
-		rsaKey := key == "RSA"
-		cert := c.tlsCert(0, rsaKey)
-		kt := acmetls.ECDSAP256
-		if rsaKey {
-			kt = acmetls.RSA2048
-		}
-		m := &acmetls.Manager{Storage: memStorage(c, 1), KeyTypes: []acmetls.KeyType{kt}}
-		if err := m.ManageSync(b.Context(), c.names[0]); err != nil {
-			b.Fatal(err)
-		}
-		cm, stop := newCertMagic(b, c, 1, rsaKey)
-		defer stop()
-		servers := []*tls.Config{
-			{Certificates: []tls.Certificate{cert}},
-			m.TLSConfig(),
-			{GetCertificate: cm.GetCertificate},
-		}
+		servers := handshakeServers(b, c, key == "RSA")
 		client := &tls.Config{ServerName: c.names[0], RootCAs: c.roots, MinVersion: tls.VersionTLS13}
 		b.Run("key="+key, func(b *testing.B) {
 			var spent [3]time.Duration
@@ -109,5 +74,26 @@ func BenchmarkHandshakeInterleaved(b *testing.B) {
 			b.ReportMetric(n/spent[2].Seconds(), "certmagic-hs/s")
 			b.ReportMetric(spent[0].Seconds()/spent[1].Seconds(), "acmetls/static")
 		})
+	}
+}
+
+// handshakeServers returns the three server configurations B2 compares,
+// serving the corpus's first name with an ECDSA, or an RSA, certificate: a
+// static tls.Config, acmetls and CertMagic.
+func handshakeServers(b *testing.B, c *corpus, rsaKey bool) [3]*tls.Config {
+	kt := acmetls.ECDSAP256
+	if rsaKey {
+		kt = acmetls.RSA2048
+	}
+	m := &acmetls.Manager{Storage: memStorage(c, 1), KeyTypes: []acmetls.KeyType{kt}}
+	if err := m.ManageSync(b.Context(), c.names[0]); err != nil {
+		b.Fatal(err)
+	}
+	cm, stop := newCertMagic(b, c, 1, rsaKey)
+	b.Cleanup(stop)
+	return [3]*tls.Config{
+		{Certificates: []tls.Certificate{c.tlsCert(0, rsaKey)}},
+		m.TLSConfig(),
+		{GetCertificate: cm.GetCertificate},
 	}
 }
