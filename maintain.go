@@ -201,6 +201,9 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 				s.queue.Push(t, now.Add(time.Second))
 				continue
 			}
+			// While the read is in flight, the renewal stays queued.
+			t.ari.NextPoll = now.Add(renew.MaxPollInterval)
+			s.push(t)
 			polls = append(polls, t)
 		case len(renewals) < cap(slots)-len(slots) && s.limit.Allow(now):
 			renewals = append(renewals, t)

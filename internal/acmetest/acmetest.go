@@ -40,6 +40,9 @@ type Options struct {
 	// Validity is the lifetime of issued certificates; zero means
 	// Pebble's default, 90 days.
 	Validity time.Duration
+	// DisableARI leaves renewal information (RFC 9773) out of the
+	// directory, as for a CA that does not offer it.
+	DisableARI bool
 	// Blocklist names the CA refuses to issue for.
 	Blocklist []string
 	// Logf receives Pebble's log lines; nil discards them.
@@ -117,6 +120,9 @@ func New(opts Options) (*CA, error) {
 	w := wfe.New(logger, c.db, v, c.ca, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
 
 	handler := c.count(w.Handler())
+	if opts.DisableARI {
+		handler = withoutARI(handler)
+	}
 	if opts.Intercept != nil {
 		next := handler
 		handler = http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -362,4 +368,28 @@ func (c *CA) SetRenewalInfo(certPEM []byte, start, end time.Time) error {
 		return fmt.Errorf("acmetest: set-renewal-info: %s: %s", resp.Status, b)
 	}
 	return nil
+}
+
+// withoutARI removes renewalInfo from the directory next serves.
+func withoutARI(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != wfe.DirectoryPath {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		var dir map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &dir); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		delete(dir, "renewalInfo")
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(rec.Code)
+		_ = json.NewEncoder(w).Encode(dir)
+	})
 }
