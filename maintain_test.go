@@ -335,10 +335,11 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	}
 }
 
-// Two Managers sharing storage renew a due certificate once.
+// Two Managers sharing storage renew a due certificate once. Without
+// renewal information, the renewed certificate is not due for ten seconds.
 func TestSharedStorageRenewsOnce(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, acmetest.Options{Validity: 20 * time.Second})
+	e := newEnv(t, acmetest.Options{Validity: 20 * time.Second, DisableARI: true})
 	var evs1, evs2 events
 	mk := func(evs *events) *Manager {
 		return e.manager(func(m *Manager) {
@@ -364,7 +365,7 @@ func TestSharedStorageRenewsOnce(t *testing.T) {
 
 // Run leaves no goroutine behind once its context ends.
 func TestRunLeavesNoGoroutine(t *testing.T) {
-	e := newEnv(t, acmetest.Options{Validity: 10 * time.Second})
+	e := newEnv(t, acmetest.Options{Validity: 10 * time.Second, DisableARI: true})
 	var evs events
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
@@ -381,7 +382,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	waitFor(t, "a renewal", func() bool { return len(evs.of(EventRenewed)) == 1 })
+	waitFor(t, "a renewal", func() bool { return len(evs.of(EventRenewed)) >= 1 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
