@@ -85,6 +85,13 @@ type Manager struct {
 	// default chain.
 	PreferredChain string
 
+	// MustStaple asks the CA for certificates with the OCSP Must-Staple
+	// extension (RFC 7633), which clients may refuse without a staple.
+	// Let's Encrypt refuses such orders since it stopped OCSP in 2025;
+	// other CAs with responders accept them. Stapling itself needs no
+	// setting: certificates that name a responder are stapled.
+	MustStaple bool
+
 	// DisableHTTPChallenge and DisableTLSALPNChallenge turn off one of the
 	// two challenge types; by default the CA may use either. Disable
 	// http-01 when port 80 does not reach these servers, tls-alpn-01 when
@@ -122,8 +129,9 @@ type Manager struct {
 	// Logger receives the Manager's logs. Nil means no logs.
 	Logger *zap.Logger
 
-	clock func() time.Time // nil: time.Now; tests set it
-	sched schedule
+	clock    func() time.Time // nil: time.Now; tests set it
+	ocspHTTP *http.Client
+	sched    schedule
 
 	initOnce sync.Once
 	initErr  error
@@ -182,6 +190,7 @@ func (m *Manager) init() error {
 		m.orders = make(chan struct{}, maxConcurrentOrders)
 		m.sched.wake = make(chan struct{}, 1)
 		m.sched.limit.PerHour = m.RenewPerHour
+		m.ocspHTTP = &http.Client{Timeout: 10 * time.Second}
 		m.store = m.Storage
 		if m.store == nil {
 			m.store = &certmagic.FileStorage{Path: defaultStorageDir()}

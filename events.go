@@ -24,6 +24,9 @@ const (
 	// EventRenewFailed: a renewal failed; the current certificate is
 	// still served. Attempt and NextAttempt tell the backoff.
 	EventRenewFailed EventKind = "renew_failed"
+	// EventRevoked: the certificate's OCSP responder says it is revoked;
+	// it is replaced at once, and served until the replacement is in.
+	EventRevoked EventKind = "revoked"
 )
 
 // Event reports what happened to one certificate, to [Manager.OnEvent].

@@ -62,6 +62,8 @@ type tracked struct {
 	serial              string // big-endian bytes
 	ari                 renew.ARI
 	due                 time.Time // when the renewal should start
+	stapleNext          time.Time // when to refresh the OCSP staple; zero: none
+	stapleUntil         time.Time // when the staple served expires
 }
 
 func (t *tracked) keyType() KeyType { return t.kt.keyType() }
@@ -95,12 +97,18 @@ func (m *Manager) renewConcurrency() int {
 // track puts a certificate just cached into the schedule, replacing the
 // name's previous certificate of the same type. ri is the renewal
 // information stored with it, if any.
-func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage) {
+func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage, stapleNext time.Time, stapled bool) *tracked {
 	now := m.now()
 	t := &tracked{
 		trackKey:  trackKey{name: name, kt: indexOf(kt)},
 		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
 		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
+		stapleNext: stapleNext,
+	}
+	if stapled {
+		// At worst the staple is good until the refresh time plus as
+		// long again; refreshStaple sets the exact time.
+		t.stapleUntil = stapleNext.Add(stapleNext.Sub(now))
 	}
 	var info acme.RenewalInfo
 	if len(ri) > 0 && json.Unmarshal(ri, &info) == nil && info.HasWindow() {
@@ -121,6 +129,7 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 	}
 	s.certs[t.trackKey] = t
 	s.schedule(t, now)
+	return t
 }
 
 // schedule computes when t is due and queues it. The caller holds s.mu.
@@ -134,12 +143,15 @@ func (s *schedule) schedule(t *tracked, now time.Time) {
 	s.push(t)
 }
 
-// push queues t at the earlier of its due time and its next poll, and
-// wakes Run. The caller holds s.mu.
+// push queues t at the earliest of its due time, its next poll and its
+// next staple refresh, and wakes Run. The caller holds s.mu.
 func (s *schedule) push(t *tracked) {
 	next := t.due
 	if t.ari.NextPoll.Before(next) {
 		next = t.ari.NextPoll
+	}
+	if !t.stapleNext.IsZero() && t.stapleNext.Before(next) {
+		next = t.stapleNext
 	}
 	s.queue.Push(t, next)
 	select {
@@ -193,18 +205,20 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 	now := m.now()
 	s := &m.sched
 	s.mu.Lock()
-	var renewals, polls []*tracked
+	var renewals, polls, staples []*tracked
 	for _, t := range s.queue.PopDue(now, maxPollsPerPass+cap(slots)) {
 		switch {
-		case t.due.After(now):
-			if len(polls) == maxPollsPerPass {
-				s.queue.Push(t, now.Add(time.Second))
-				continue
-			}
+		case t.due.After(now) && len(polls)+len(staples) == maxPollsPerPass:
+			s.queue.Push(t, now.Add(time.Second))
+		case t.due.After(now) && !t.ari.NextPoll.After(now):
 			// While the read is in flight, the renewal stays queued.
 			t.ari.NextPoll = now.Add(renew.MaxPollInterval)
 			s.push(t)
 			polls = append(polls, t)
+		case t.due.After(now):
+			t.stapleNext = now.Add(renew.MaxPollInterval)
+			s.push(t)
+			staples = append(staples, t)
 		case len(renewals) < cap(slots)-len(slots) && s.limit.Allow(now):
 			renewals = append(renewals, t)
 		default:
@@ -221,6 +235,13 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 		go func() {
 			defer wg.Done()
 			m.pollARI(ctx, t)
+		}()
+	}
+	for _, t := range staples {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.refreshStaple(ctx, t)
 		}()
 	}
 	for _, t := range renewals {
@@ -306,7 +327,7 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 	defer m.unlock(lock)
 	// Storage first: a sibling may have renewed while we waited.
 	if c, rec, err := m.readCert(ctx, t.name, kt); err == nil && c != nil && string(c.Leaf.SerialNumber.Bytes()) != t.serial {
-		if _, err := m.cacheCert(t.name, kt, c, rec.RenewalInfo); err == nil {
+		if _, err := m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo); err == nil {
 			return nil
 		}
 	}
@@ -326,7 +347,7 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 	if st.Failures > 0 {
 		m.clearState(ctx, t.name, kt)
 	}
-	if _, err := m.cacheCert(t.name, kt, c, ri); err != nil {
+	if _, err := m.cacheCert(ctx, t.name, kt, c, ri); err != nil {
 		return err
 	}
 	m.emit(Event{Kind: EventRenewed, ServerName: t.name, KeyType: kt, NotAfter: c.Leaf.NotAfter})

@@ -2,8 +2,12 @@ package acmetls
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -71,7 +75,7 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 		m.clearState(ctx, name, kt)
 	}
 	m.emit(Event{Kind: EventObtained, ServerName: name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
-	return m.cacheCert(name, kt, c, ri)
+	return m.cacheCert(ctx, name, kt, c, ri)
 }
 
 // loadCert reads, checks, caches and tracks the stored certificate of name
@@ -88,7 +92,7 @@ func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.C
 			zapName(name), zapKeyType(kt), zap.Time("not_after", c.Leaf.NotAfter))
 		return nil, nil
 	}
-	return m.cacheCert(name, kt, c, rec.RenewalInfo)
+	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo)
 }
 
 // readCert reads and checks the stored certificate of name for kt, with
@@ -111,15 +115,20 @@ func (m *Manager) readCert(ctx context.Context, name string, kt KeyType) (*tls.C
 	return c, rec, nil
 }
 
-// cacheCert puts c, from keyPair, in the cache in its compact form and in
-// the renewal schedule, and returns the compact form.
-func (m *Manager) cacheCert(name string, kt KeyType, c *tls.Certificate, ri json.RawMessage) (*tls.Certificate, error) {
+// cacheCert puts c, from keyPair, in the cache in its compact form, with
+// its OCSP staple if it has a responder, and in the renewal schedule, and
+// returns the compact form.
+func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls.Certificate, ri json.RawMessage) (*tls.Certificate, error) {
 	cc, err := compact(c)
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
 	}
+	refresh, revoked := m.staple(ctx, name, kt, c, cc)
 	m.cache.put(name, kt, cc)
-	m.track(name, kt, c.Leaf, ri)
+	t := m.track(name, kt, c.Leaf, ri, refresh, cc.OCSPStaple != nil)
+	if revoked != nil {
+		go m.revoked(context.WithoutCancel(ctx), t, revoked)
+	}
 	return cc, nil
 }
 
@@ -161,7 +170,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 	if err != nil {
 		return nil, nil, err
 	}
-	csr, err := acmez.NewCSR(key, []string{name})
+	csr, err := newCSR(key, name, m.MustStaple)
 	if err != nil {
 		return nil, nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
 	}
@@ -259,4 +268,28 @@ func (m *Manager) solvers() map[string]acmez.Solver {
 		s[acme.ChallengeTypeTLSALPN01] = solver{m}
 	}
 	return s
+}
+
+// oidTLSFeature is the TLS feature extension (RFC 7633); mustStaple is its
+// value asking for status_request, the "OCSP Must-Staple" of certificates.
+var (
+	oidTLSFeature = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 24}
+	mustStaple    = []byte{0x30, 0x03, 0x02, 0x01, 0x05}
+)
+
+// newCSR makes the certificate request for name, asking for Must-Staple if
+// told to.
+func newCSR(key crypto.Signer, name string, withMustStaple bool) (*x509.CertificateRequest, error) {
+	if !withMustStaple {
+		return acmez.NewCSR(key, []string{name})
+	}
+	tmpl := &x509.CertificateRequest{
+		DNSNames:        []string{name},
+		ExtraExtensions: []pkix.Extension{{Id: oidTLSFeature, Value: mustStaple}},
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificateRequest(der)
 }

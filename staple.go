@@ -1,0 +1,162 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/acmetls/acmetls/ocsp"
+	"github.com/acmetls/acmetls/storage"
+)
+
+// minStapleRefresh is the least time between two fetches of a staple,
+// whatever a responder's validity periods.
+const minStapleRefresh = 5 * time.Second
+
+// stapleFetchTimeout bounds a fetch made while a certificate is loaded or
+// obtained; Run retries later what did not come in time.
+const stapleFetchTimeout = 5 * time.Second
+
+// stapleKey is where the current staple of a certificate lives in storage.
+func stapleKey(name string, kt KeyType) string {
+	return storage.Prefix + "/ocsp/" + storage.Safe(name) + "/" + storage.Safe(string(kt)) + ".der"
+}
+
+// staple attaches an OCSP staple to cc, the compact form of c, if c's leaf
+// names a responder: the stored staple if it checks, else a fresh one from
+// the responder, checked and stored. It returns when to refresh, zero when
+// there is no responder. A revoked status is returned as such, and the
+// certificate must be replaced.
+func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tls.Certificate) (refresh time.Time, revoked *ocsp.Response) {
+	if ocsp.Responder(c.Leaf) == "" {
+		return time.Time{}, nil
+	}
+	now := m.now()
+	issuer, err := issuerOf(c)
+	if err != nil {
+		m.logger().Named("ocsp").Warn("no issuer to check staples against", zapName(name), zapErr(err))
+		return time.Time{}, nil
+	}
+	if der, err := m.store.Load(ctx, stapleKey(name, kt)); err == nil {
+		if r, err := ocsp.Check(der, c.Leaf, issuer, now); err == nil && ocsp.Stapleable(r, now) {
+			cc.OCSPStaple = der
+			return maxTime(ocsp.RefreshAt(r, rand.Float64()), now.Add(minStapleRefresh)), nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		m.logger().Named("ocsp").Warn("loading staple", zapName(name), zapErr(err))
+	}
+	fctx, cancel := context.WithTimeout(ctx, stapleFetchTimeout)
+	defer cancel()
+	r, der, err := m.fetchStaple(fctx, name, kt, c.Leaf, issuer)
+	switch {
+	case err != nil:
+		m.logger().Named("ocsp").Warn("fetching staple", zapName(name), zapKeyType(kt), zapErr(err))
+		return now.Add(time.Minute), nil
+	case r.Status == ocsp.Revoked:
+		return now, r
+	case ocsp.Stapleable(r, now):
+		cc.OCSPStaple = der
+	}
+	return maxTime(ocsp.RefreshAt(r, rand.Float64()), now.Add(minStapleRefresh)), nil
+}
+
+// fetchStaple asks the responder, checks the answer and stores it if it
+// may be stapled.
+func (m *Manager) fetchStaple(ctx context.Context, name string, kt KeyType, leaf, issuer *x509.Certificate) (*ocsp.Response, []byte, error) {
+	der, err := ocsp.Fetch(ctx, m.ocspHTTP, leaf, issuer)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := ocsp.Check(der, leaf, issuer, m.now())
+	if err != nil {
+		return nil, nil, err
+	}
+	if r.Status == ocsp.Good {
+		if err := m.store.Store(ctx, stapleKey(name, kt), der); err != nil {
+			m.logger().Named("ocsp").Warn("storing staple", zapName(name), zapErr(err))
+		}
+	}
+	return r, der, nil
+}
+
+// issuerOf parses the certificate after the leaf in c's chain.
+func issuerOf(c *tls.Certificate) (*x509.Certificate, error) {
+	if len(c.Certificate) < 2 {
+		return nil, errors.New("the chain has no issuer certificate")
+	}
+	return x509.ParseCertificate(c.Certificate[1])
+}
+
+// refreshStaple fetches a new staple for t from Run: it keeps the last
+// valid staple while the responder fails, drops it at its nextUpdate, and
+// replaces a revoked certificate at once.
+func (m *Manager) refreshStaple(ctx context.Context, t *tracked) {
+	kt := t.keyType()
+	c, _, err := m.readCert(ctx, t.name, kt)
+	if err != nil || c == nil || string(c.Leaf.SerialNumber.Bytes()) != t.serial {
+		return // replaced, or unreadable: the renewal path handles it
+	}
+	issuer, err := issuerOf(c)
+	if err != nil {
+		return
+	}
+	now := m.now()
+	r, der, err := m.fetchStaple(ctx, t.name, kt, c.Leaf, issuer)
+	next := now.Add(10 * time.Minute)
+	switch {
+	case err != nil:
+		m.logger().Named("ocsp").Warn("refreshing staple", zapName(t.name), zapKeyType(kt), zapErr(err))
+		if !t.stapleUntil.IsZero() && !now.Before(t.stapleUntil) {
+			m.setStaple(t, nil, time.Time{}) // expired: serve none
+		}
+	case r.Status == ocsp.Revoked:
+		m.revoked(ctx, t, r)
+		return
+	case ocsp.Stapleable(r, now):
+		m.setStaple(t, der, r.NextUpdate)
+		next = maxTime(ocsp.RefreshAt(r, rand.Float64()), now.Add(minStapleRefresh))
+	}
+	s := &m.sched
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.certs[t.trackKey] == t {
+		t.stapleNext = next
+		s.push(t)
+	}
+}
+
+// setStaple republishes t's cached certificate with staple der (nil for
+// none), valid until until.
+func (m *Manager) setStaple(t *tracked, der []byte, until time.Time) {
+	p := m.cache.lookup(t.name, true)
+	if p == nil {
+		return
+	}
+	old := p.get(t.keyType())
+	if old == nil {
+		return
+	}
+	c := *old
+	c.OCSPStaple = der
+	m.cache.put(t.name, t.keyType(), &c)
+	m.sched.mu.Lock()
+	t.stapleUntil = until
+	m.sched.mu.Unlock()
+}
+
+// revoked reports a revoked certificate and replaces it at once; a new key
+// is always generated, so a compromised one is never reused.
+func (m *Manager) revoked(ctx context.Context, t *tracked, r *ocsp.Response) {
+	err := fmt.Errorf("acmetls: certificate revoked at %s (reason %d)", r.RevokedAt.Format(time.RFC3339), r.RevocationReason)
+	m.emit(Event{Kind: EventRevoked, ServerName: t.name, KeyType: t.keyType(), NotAfter: t.notAfter, Err: err})
+	m.logger().Named("ocsp").Error("certificate revoked; replacing it", zapName(t.name), zapKeyType(t.keyType()),
+		zap.Int("reason", r.RevocationReason))
+	_ = m.renew(ctx, t, true)
+}
