@@ -40,6 +40,12 @@ func goHello(t testing.TB, name string, cfg *tls.Config) *tls.ClientHelloInfo {
 // for names, with a staple attached, and a wildcard for *.wild.example.com.
 func cachedManager(t testing.TB, capacity int, names ...string) *Manager {
 	t.Helper()
+	return cachedManagerStaple(t, capacity, []byte("a staple"), names...)
+}
+
+// cachedManagerStaple is cachedManager with staple attached (nil: none).
+func cachedManagerStaple(t testing.TB, capacity int, staple []byte, names ...string) *Manager {
+	t.Helper()
 	m := &Manager{Storage: &storage.Memory{}, CacheCapacity: capacity}
 	if err := m.init(); err != nil {
 		t.Fatal(err)
@@ -51,7 +57,7 @@ func cachedManager(t testing.TB, capacity int, names ...string) *Manager {
 			t.Fatal(err)
 		}
 		c := *cc
-		c.OCSPStaple = []byte("a staple")
+		c.OCSPStaple = staple
 		for _, n := range names {
 			m.cache.put(n, kt, &c)
 		}

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of BENCHMARKS.md and prints benchstat's tables.
 # Takes about 25 minutes on 2 cores; run it on an otherwise idle machine.
-# Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5)
+# Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5 b6)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
 shift || true
-groups=${*:-b1 b2 b3 b4 b5}
+groups=${*:-b1 b2 b3 b4 b5 b6}
 mkdir -p "$out"
 go install golang.org/x/perf/cmd/benchstat@latest
 bs=$(go env GOPATH)/bin/benchstat
@@ -18,6 +18,7 @@ for g in $groups; do
 	b3) go test -run '^$' -bench 'BenchmarkHeapPerName' -benchtime 1x -count 6 ./bench/ > "$out/b3.txt" ;;
 	b4) go test -run '^$' -bench 'BenchmarkColdStart' -benchtime 5000x -count 6 ./bench/ > "$out/b4.txt" ;;
 	b5) go test -run '^$' -bench 'BenchmarkMaintenancePass' -count 10 . > "$out/b5.txt" ;;
+	b6) go test -run '^$' -bench 'BenchmarkGetCertificateHitStaple' -count 6 . > "$out/b6.txt" ;;
 	esac
 	echo "== $g"
 	case $g in
