@@ -47,6 +47,7 @@ type Event struct {
 	Err error
 }
 
+// String describes e in one line, for logs and alerts.
 func (e Event) String() string {
 	s := fmt.Sprintf("%s %s (%s)", e.Kind, e.ServerName, e.KeyType)
 	if e.Err != nil {

@@ -17,6 +17,7 @@ type NameError struct {
 	Reason string
 }
 
+// Error names the server name and why it is refused.
 func (e *NameError) Error() string {
 	return fmt.Sprintf("acmetls: invalid server name %q: %s", e.Name, e.Reason)
 }
