@@ -91,9 +91,9 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 	if err != nil {
 		return nil, err
 	}
-	now := m.cache.get(name)
+	cached := m.cache.get(name)
 	for _, other := range m.keyTypes() {
-		if other != kt && (now == nil || now.get(other) == nil) {
+		if other != kt && (cached == nil || cached.get(other) == nil) {
 			m.obtains.Go(ctx, name+"/"+string(other), func(ctx context.Context) (*tls.Certificate, error) {
 				return m.loadOrObtain(ctx, name, other)
 			})
