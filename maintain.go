@@ -96,19 +96,14 @@ func (m *Manager) renewConcurrency() int {
 
 // track puts a certificate just cached into the schedule, replacing the
 // name's previous certificate of the same type. ri is the renewal
-// information stored with it, if any.
-func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage, stapleNext time.Time, stapled bool) *tracked {
+// information stored with it, if any; st says when its staple is due.
+func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage, st stapling) *tracked {
 	now := m.now()
 	t := &tracked{
 		trackKey:  trackKey{name: name, kt: indexOf(kt)},
 		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
 		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
-		stapleNext: stapleNext,
-	}
-	if stapled {
-		// At worst the staple is good until the refresh time plus as
-		// long again; refreshStaple sets the exact time.
-		t.stapleUntil = stapleNext.Add(stapleNext.Sub(now))
+		stapleNext: st.next, stapleUntil: st.until,
 	}
 	var info acme.RenewalInfo
 	if len(ri) > 0 && json.Unmarshal(ri, &info) == nil && info.HasWindow() {
@@ -356,11 +351,17 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 
 // requeue puts t back to be renewed at at, unless it was replaced.
 func (m *Manager) requeue(t *tracked, at time.Time) {
+	m.reschedule(t, func(t *tracked) { t.due = at })
+}
+
+// reschedule applies set to t and requeues it, unless t was replaced
+// meanwhile.
+func (m *Manager) reschedule(t *tracked, set func(*tracked)) {
 	s := &m.sched
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.certs[t.trackKey] == t {
-		t.due = at
+		set(t)
 		s.push(t)
 	}
 }

@@ -123,9 +123,9 @@ func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
 	}
-	refresh, revoked := m.staple(ctx, name, kt, c, cc)
+	st, revoked := m.staple(ctx, name, kt, c, cc)
 	m.cache.put(name, kt, cc)
-	t := m.track(name, kt, c.Leaf, ri, refresh, cc.OCSPStaple != nil)
+	t := m.track(name, kt, c.Leaf, ri, st)
 	if revoked != nil {
 		go m.revoked(context.WithoutCancel(ctx), t, revoked)
 	}

@@ -29,25 +29,32 @@ func stapleKey(name string, kt KeyType) string {
 	return storage.Prefix + "/ocsp/" + storage.Safe(name) + "/" + storage.Safe(string(kt)) + ".der"
 }
 
+// stapling is when a certificate's staple is next fetched (zero: the
+// certificate names no responder) and until when the one attached is good
+// (zero: none attached).
+type stapling struct{ next, until time.Time }
+
 // staple attaches an OCSP staple to cc, the compact form of c, if c's leaf
 // names a responder: the stored staple if it checks, else a fresh one from
-// the responder, checked and stored. It returns when to refresh, zero when
-// there is no responder. A revoked status is returned as such, and the
-// certificate must be replaced.
-func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tls.Certificate) (refresh time.Time, revoked *ocsp.Response) {
+// the responder, checked and stored. A revoked status is returned as such,
+// and the certificate must be replaced.
+func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tls.Certificate) (stapling, *ocsp.Response) {
 	if ocsp.Responder(c.Leaf) == "" {
-		return time.Time{}, nil
+		return stapling{}, nil
 	}
 	now := m.now()
 	issuer, err := issuerOf(c)
 	if err != nil {
 		m.logger().Named("ocsp").Warn("no issuer to check staples against", zapName(name), zapErr(err))
-		return time.Time{}, nil
+		return stapling{}, nil
+	}
+	attach := func(r *ocsp.Response, der []byte) stapling {
+		cc.OCSPStaple = der
+		return stapling{next: m.stapleRefresh(r, now), until: r.NextUpdate}
 	}
 	if der, err := m.store.Load(ctx, stapleKey(name, kt)); err == nil {
 		if r, err := ocsp.Check(der, c.Leaf, issuer, now); err == nil && ocsp.Stapleable(r, now) {
-			cc.OCSPStaple = der
-			return maxTime(ocsp.RefreshAt(r, rand.Float64()), now.Add(minStapleRefresh)), nil
+			return attach(r, der), nil
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		m.logger().Named("ocsp").Warn("loading staple", zapName(name), zapErr(err))
@@ -58,13 +65,19 @@ func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tl
 	switch {
 	case err != nil:
 		m.logger().Named("ocsp").Warn("fetching staple", zapName(name), zapKeyType(kt), zapErr(err))
-		return now.Add(time.Minute), nil
+		return stapling{next: now.Add(time.Minute)}, nil
 	case r.Status == ocsp.Revoked:
-		return now, r
+		return stapling{next: now}, r
 	case ocsp.Stapleable(r, now):
-		cc.OCSPStaple = der
+		return attach(r, der), nil
 	}
-	return maxTime(ocsp.RefreshAt(r, rand.Float64()), now.Add(minStapleRefresh)), nil
+	return stapling{next: m.stapleRefresh(r, now)}, nil
+}
+
+// stapleRefresh is when to fetch again after r: its middle, jittered, and
+// never sooner than minStapleRefresh.
+func (m *Manager) stapleRefresh(r *ocsp.Response, now time.Time) time.Time {
+	return maxTime(ocsp.RefreshAt(r, rand.Float64()), now.Add(minStapleRefresh))
 }
 
 // fetchStaple asks the responder, checks the answer and stores it if it
@@ -121,15 +134,9 @@ func (m *Manager) refreshStaple(ctx context.Context, t *tracked) {
 		return
 	case ocsp.Stapleable(r, now):
 		m.setStaple(t, der, r.NextUpdate)
-		next = maxTime(ocsp.RefreshAt(r, rand.Float64()), now.Add(minStapleRefresh))
+		next = m.stapleRefresh(r, now)
 	}
-	s := &m.sched
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.certs[t.trackKey] == t {
-		t.stapleNext = next
-		s.push(t)
-	}
+	m.reschedule(t, func(t *tracked) { t.stapleNext = next })
 }
 
 // setStaple republishes t's cached certificate with staple der (nil for
