@@ -90,33 +90,43 @@ func (p *certPair) set(kt KeyType, c *tls.Certificate) {
 
 // cache maps server names to certificates.
 //
-// A read takes no lock, follows no pointer but to its shard's table, and
-// writes no shared memory (but a hit's mark, once per eviction sweep):
-// each shard publishes an immutable open-addressing table through an
-// atomic pointer, with the certificates inline in the slots, so a hit
-// costs about what a lookup in a plain map does. A writer copies its
-// shard's table, which the number of shards keeps small (about shardSize
-// names).
+// A read takes no lock and writes no shared memory (but a hit's mark, once
+// per eviction sweep). Names are spread over shards by their hash's top
+// bits; each shard publishes an immutable open-addressing table of a fixed
+// size through an atomic pointer, with the certificates inline in the
+// slots. A hit therefore reads the shard's pointer, which sits in a small
+// dense array, one slot (as a map reads one group), and the name's bytes:
+// about what a lookup in a plain map costs. A writer copies its shard's
+// table, which the number of shards keeps small.
 //
-// The cache holds at most capacity names. When full, an insertion evicts
-// from its own shard with the CLOCK algorithm: a hand sweeps the shard's
-// names, sparing (and unmarking) those hit since it last passed, and
-// evicting the first that was not. A name in use is not evicted while the
-// shard has colder ones.
+// The cache holds at most capacity names, and a shard at most
+// maxPerShard. When either bound is reached, an insertion evicts from its
+// own shard with the CLOCK algorithm: a hand sweeps the shard's names,
+// sparing (and unmarking) those hit since it last passed, and evicting the
+// first that was not. A name in use is not evicted while the shard has
+// colder ones. When the cache is full and the inserting shard is empty, a
+// name is evicted from another shard.
 type cache struct {
 	seed      maphash.Seed
 	shardBits uint
 	capacity  int64
 	count     atomic.Int64 // names held, across shards
-	shards    []shard
+	shards    []shard      // read by every lookup: kept dense
+	writers   []writer     // writers[i] serializes writes to shards[i]
 }
 
+// shard is what a lookup reads: one table for exact names and one for
+// wildcards (keyed by the wildcard's parent).
 type shard struct {
-	exact atomic.Pointer[table] // by name
-	wild  atomic.Pointer[table] // "*.parent", by parent
-	mu    sync.Mutex            // serializes writers; guards ring and hand
-	ring  []ringKey             // every name, in eviction order from hand
-	hand  int
+	exact atomic.Pointer[table]
+	wild  atomic.Pointer[table]
+}
+
+// writer is the write side of a shard.
+type writer struct {
+	mu   sync.Mutex // serializes writers; guards ring and hand
+	ring []ringKey  // every name, in eviction order from hand
+	hand int
 }
 
 type ringKey struct {
@@ -125,29 +135,35 @@ type ringKey struct {
 }
 
 // table is an open-addressing hash table with linear probing, never
-// modified once published but for the ref marks of its slots.
-type table struct {
-	slots []slot
-	mask  uint64
-	n     int
-}
+// modified once published but for the ref marks of its slots. Its size is
+// fixed, so a lookup needs nothing from it but the slot its hash picks.
+type table [tableSize]slot
 
-// slot is one name in a table; a slot with an empty key is free.
+// slot is one name in a table; a slot with an empty key is free. It is 48
+// bytes on 64-bit platforms.
 type slot struct {
-	hash uint64
-	key  string
+	hash uint32      // the low half of the name's hash, to skip most compares
 	ref  atomic.Bool // set by a hit, cleared by the eviction hand
+	key  string
 	pair certPair
 }
 
 const (
-	// shardSize is the number of names a shard holds on average when
-	// the cache is full: small enough to copy on every change.
+	// tableSize is the number of slots in a shard's table; a power of
+	// two.
+	tableSize = 128
+	// maxPerShard bounds the names in a shard, keeping its tables at
+	// most three quarters full.
+	maxPerShard = tableSize * 3 / 4
+	// shardSize is the number of names a shard holds on average when the
+	// cache is full: room to spare below maxPerShard for the shards
+	// that hashing fills above the average.
 	shardSize = 64
-	maxShards = 4096
+	maxShards = 1 << 20
 )
 
-var emptyTable = &table{slots: make([]slot, 1)}
+// emptyTable is every shard's table until a name is put in it.
+var emptyTable = new(table)
 
 // newCache returns a cache for at most capacity names.
 func newCache(capacity int) *cache {
@@ -161,6 +177,7 @@ func newCache(capacity int) *cache {
 		shardBits: bits,
 		capacity:  int64(capacity),
 		shards:    make([]shard, 1<<bits),
+		writers:   make([]writer, 1<<bits),
 	}
 	for i := range c.shards {
 		c.shards[i].exact.Store(emptyTable)
@@ -169,24 +186,25 @@ func newCache(capacity int) *cache {
 	return c
 }
 
-// locate hashes key to its shard (by the hash's top bits) and returns both.
-func (c *cache) locate(key string) (*shard, uint64) {
+// locate hashes key and returns its shard's index (the hash's top bits)
+// and the hash.
+func (c *cache) locate(key string) (int, uint64) {
 	h := maphash.String(c.seed, key)
 	if c.shardBits == 0 {
-		return &c.shards[0], h
+		return 0, h
 	}
-	return &c.shards[h>>(64-c.shardBits)], h
+	return int(h >> (64 - c.shardBits)), h
 }
 
 // find returns the slot holding key, or nil. Slots are chosen by the
 // hash's low bits.
 func (t *table) find(h uint64, key string) *slot {
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		s := &t.slots[i]
+	for i := h; ; i++ {
+		s := &t[i%tableSize]
 		if s.key == "" {
 			return nil
 		}
-		if s.hash == h && s.key == key {
+		if s.hash == uint32(h) && s.key == key {
 			return s
 		}
 	}
@@ -201,15 +219,15 @@ func (c *cache) get(name string) *certPair { return c.lookup(name, false) }
 // normalized says name was normalized, a first label that is not plainly
 // valid (including an IDNA one, whose check is slow) is no hit.
 func (c *cache) lookup(name string, normalized bool) *certPair {
-	sh, h := c.locate(name)
-	s := sh.exact.Load().find(h, name)
+	i, h := c.locate(name)
+	s := c.shards[i].exact.Load().find(h, name)
 	if s == nil {
 		label, parent, ok := splitFirstLabel(name)
 		if !ok || !normalized && !isNormalLabel(label) {
 			return nil
 		}
-		sh, h = c.locate(parent)
-		if s = sh.wild.Load().find(h, parent); s == nil {
+		i, h = c.locate(parent)
+		if s = c.shards[i].wild.Load().find(h, parent); s == nil {
 			return nil
 		}
 	}
@@ -226,9 +244,10 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	if parent, ok := wildcardParent(name); ok {
 		rk = ringKey{key: parent, wild: true}
 	}
-	sh, h := c.locate(rk.key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
+	i, h := c.locate(rk.key)
+	sh, w := &c.shards[i], &c.writers[i]
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	var pair certPair
 	var ref bool
 	old := sh.table(rk.wild).find(h, rk.key)
@@ -239,7 +258,7 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	if old != nil {
 		return sh.publish(rk, h, &pair, ref, nil)
 	}
-	victim := c.insert(sh, rk)
+	victim := c.insert(sh, w, rk)
 	return sh.publish(rk, h, &pair, false, victim)
 }
 
@@ -250,37 +269,39 @@ func (sh *shard) table(wild bool) *table {
 	return sh.exact.Load()
 }
 
-// insert makes room for a new name in sh, whose lock the caller holds, and
-// adds it to the ring. When the cache is full it evicts one name: from sh,
-// returning it for the caller to drop from sh's table as it publishes the
-// new name, or if sh is empty from the first other shard it can lock
-// without waiting.
-func (c *cache) insert(sh *shard, rk ringKey) *ringKey {
-	if c.count.Add(1) <= c.capacity || len(sh.ring) == 0 {
-		sh.ring = append(sh.ring, rk)
-		if c.count.Load() > c.capacity {
-			c.stealOne(sh)
+// insert makes room for a new name in sh, whose writer lock the caller
+// holds, and adds it to the ring. When the cache or the shard is full it
+// evicts one name: from sh, returning it for the caller to drop from sh's
+// table as it publishes the new name, or if sh is empty from the first
+// other shard it can lock without waiting.
+func (c *cache) insert(sh *shard, w *writer, rk ringKey) *ringKey {
+	full := c.count.Add(1) > c.capacity
+	if len(w.ring) == 0 || !full && len(w.ring) < maxPerShard {
+		w.ring = append(w.ring, rk)
+		if full {
+			c.stealOne(w)
 		}
 		return nil
 	}
-	i := sh.clockHand(c)
-	victim := sh.ring[i]
-	sh.ring[i] = rk
+	i := w.clockHand(c, sh)
+	victim := w.ring[i]
+	w.ring[i] = rk
 	c.count.Add(-1)
 	return &victim
 }
 
-// stealOne evicts a name from the first shard other than sh that it can
+// stealOne evicts a name from the first shard other than w's that it can
 // lock without waiting.
-func (c *cache) stealOne(sh *shard) {
-	for i := range c.shards {
-		o := &c.shards[i]
-		if o == sh || !o.mu.TryLock() {
+func (c *cache) stealOne(w *writer) {
+	for i := range c.writers {
+		o := &c.writers[i]
+		if o == w || !o.mu.TryLock() {
 			continue
 		}
 		if len(o.ring) > 0 {
-			j := o.clockHand(c)
-			o.dropKey(o.ring[j])
+			sh := &c.shards[i]
+			j := o.clockHand(c, sh)
+			sh.dropKey(o.ring[j])
 			last := len(o.ring) - 1
 			o.ring[j] = o.ring[last]
 			o.ring = o.ring[:last]
@@ -295,13 +316,13 @@ func (c *cache) stealOne(sh *shard) {
 	}
 }
 
-// clockHand returns the ring index of the name to evict, advancing the
-// hand past the names hit since it last passed.
-func (sh *shard) clockHand(c *cache) int {
+// clockHand returns the ring index of the name to evict from sh, advancing
+// the hand past the names hit since it last passed.
+func (w *writer) clockHand(c *cache, sh *shard) int {
 	for {
-		i := sh.hand
-		sh.hand = (sh.hand + 1) % len(sh.ring)
-		rk := sh.ring[i]
+		i := w.hand
+		w.hand = (w.hand + 1) % len(w.ring)
+		rk := w.ring[i]
 		_, h := c.locate(rk.key)
 		s := sh.table(rk.wild).find(h, rk.key)
 		if s == nil || !s.ref.Load() {
@@ -328,19 +349,7 @@ func (sh *shard) publish(rk ringKey, h uint64, pair *certPair, ref bool, victim 
 	if rk.wild {
 		dst = &sh.wild
 	}
-	cur := dst.Load()
-	size := 8
-	for size < 2*(cur.n+1) {
-		size *= 2
-	}
-	next := &table{slots: make([]slot, size), mask: uint64(size - 1)}
-	for i := range cur.slots {
-		s := &cur.slots[i]
-		if s.key == "" || s.key == vkey || (s.hash == h && s.key == rk.key) {
-			continue
-		}
-		next.add(s.hash, s.key, s.ref.Load(), &s.pair)
-	}
+	next := dst.Load().without(rk.key, vkey)
 	var out *certPair
 	if pair != nil {
 		out = next.add(h, rk.key, ref, pair)
@@ -355,24 +364,31 @@ func (sh *shard) dropKey(rk ringKey) {
 	if rk.wild {
 		dst = &sh.wild
 	}
-	cur := dst.Load()
-	next := &table{slots: make([]slot, len(cur.slots)), mask: cur.mask}
-	for i := range cur.slots {
-		if s := &cur.slots[i]; s.key != "" && s.key != rk.key {
-			next.add(s.hash, s.key, s.ref.Load(), &s.pair)
+	dst.Store(dst.Load().without(rk.key, ""))
+}
+
+// without returns an unpublished copy of t without the names a and b.
+// Names are re-added rather than copied in place, so that the probe
+// sequences stay unbroken by the removals.
+func (t *table) without(a, b string) *table {
+	next := new(table)
+	for i := range t {
+		s := &t[i]
+		if s.key == "" || s.key == a || s.key == b {
+			continue
 		}
+		next.add(uint64(s.hash), s.key, s.ref.Load(), &s.pair)
 	}
-	dst.Store(next)
+	return next
 }
 
 // add puts a name in t, which is not yet published and has a free slot.
 func (t *table) add(h uint64, key string, ref bool, p *certPair) *certPair {
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		s := &t.slots[i]
+	for i := h; ; i++ {
+		s := &t[i%tableSize]
 		if s.key == "" {
-			s.hash, s.key, s.pair = h, key, *p
+			s.hash, s.key, s.pair = uint32(h), key, *p
 			s.ref.Store(ref)
-			t.n++
 			return &s.pair
 		}
 	}
@@ -382,7 +398,13 @@ func (t *table) add(h uint64, key string, ref bool, p *certPair) *certPair {
 func (c *cache) len() int {
 	n := 0
 	for i := range c.shards {
-		n += c.shards[i].exact.Load().n + c.shards[i].wild.Load().n
+		for _, t := range []*table{c.shards[i].exact.Load(), c.shards[i].wild.Load()} {
+			for j := range t {
+				if t[j].key != "" {
+					n++
+				}
+			}
+		}
 	}
 	return n
 }

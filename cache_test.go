@@ -177,7 +177,7 @@ func TestUnknownNameFloodIsBounded(t *testing.T) {
 // With more shards than names per shard, an insertion into an empty shard
 // evicts from another, and the bound holds exactly.
 func TestCacheBoundAcrossShards(t *testing.T) {
-	c := newCache(128 * 64) // 64 shards of 128 on average
+	c := newCache(128 * shardSize) // 128 shards of shardSize on average
 	cert := selfSigned(t, ECDSAP256, "x.example.com")
 	for i := 0; i < 50_000; i++ {
 		c.put(fmt.Sprintf("n%d.example.com", i), ECDSAP256, cert)
@@ -192,6 +192,33 @@ func TestCacheBoundAcrossShards(t *testing.T) {
 		if n := c.len(); n != 1 {
 			t.Fatalf("capacity-1 cache holds %d names", n)
 		}
+	}
+}
+
+// A shard never holds more than maxPerShard names, however the names hash:
+// its table stays three quarters free at worst, and every name put last is
+// found.
+func TestCacheShardBound(t *testing.T) {
+	c := newCache(1 << 20)
+	cert := selfSigned(t, ECDSAP256, "x.example.com")
+	var names []string
+	for i := 0; len(names) < 3*maxPerShard; i++ {
+		name := fmt.Sprintf("n%d.example.com", i)
+		if sh, _ := c.locate(name); sh == 0 {
+			names = append(names, name)
+		}
+	}
+	for i, name := range names {
+		c.put(name, ECDSAP256, cert)
+		if c.get(name) == nil {
+			t.Fatalf("%s not found right after its put", name)
+		}
+		if n := c.len(); n != min(i+1, maxPerShard) {
+			t.Fatalf("after %d puts into one shard it holds %d names, want %d", i+1, n, min(i+1, maxPerShard))
+		}
+	}
+	if got := c.count.Load(); got != maxPerShard {
+		t.Errorf("count = %d, want %d", got, maxPerShard)
 	}
 }
 
