@@ -36,6 +36,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -134,6 +135,7 @@ type Manager struct {
 	sched    schedule
 
 	initOnce sync.Once
+	ready    atomic.Bool // set once setup has run: init's fast path
 	initErr  error
 	cache    *cache
 	store    storage.Storage
@@ -177,32 +179,39 @@ var ErrNotManaged = errors.New("acmetls: server name not managed and not allowed
 // init fills the defaults once. Errors are configuration errors and are
 // returned by every later call.
 func (m *Manager) init() error {
-	m.initOnce.Do(func() {
-		if err := checkKeyTypes(m.keyTypes()); err != nil {
-			m.initErr = err
-			return
-		}
-		if m.DisableHTTPChallenge && m.DisableTLSALPNChallenge {
-			m.initErr = errors.New("acmetls: both challenge types are disabled; the CA could validate nothing")
-			return
-		}
-		m.cache = newCache(m.cacheCapacity())
-		m.orders = make(chan struct{}, maxConcurrentOrders)
-		m.sched.wake = make(chan struct{}, 1)
-		m.sched.limit.PerHour = m.RenewPerHour
-		m.ocspHTTP = &http.Client{Timeout: 10 * time.Second}
-		m.store = m.Storage
-		if m.store == nil {
-			m.store = &certmagic.FileStorage{Path: defaultStorageDir()}
-		}
-		m.client = &acme.Client{
-			Directory:  m.ca(),
-			HTTPClient: m.httpClient(),
-			UserAgent:  "acmetls",
-			Logger:     slogFromZap(m.logger().Named("acme")),
-		}
-	})
+	if m.ready.Load() {
+		return m.initErr
+	}
+	m.initOnce.Do(m.setup)
 	return m.initErr
+}
+
+// setup is init's work, done once.
+func (m *Manager) setup() {
+	defer m.ready.Store(true)
+	if err := checkKeyTypes(m.keyTypes()); err != nil {
+		m.initErr = err
+		return
+	}
+	if m.DisableHTTPChallenge && m.DisableTLSALPNChallenge {
+		m.initErr = errors.New("acmetls: both challenge types are disabled; the CA could validate nothing")
+		return
+	}
+	m.cache = newCache(m.cacheCapacity())
+	m.orders = make(chan struct{}, maxConcurrentOrders)
+	m.sched.wake = make(chan struct{}, 1)
+	m.sched.limit.PerHour = m.RenewPerHour
+	m.ocspHTTP = &http.Client{Timeout: 10 * time.Second}
+	m.store = m.Storage
+	if m.store == nil {
+		m.store = &certmagic.FileStorage{Path: defaultStorageDir()}
+	}
+	m.client = &acme.Client{
+		Directory:  m.ca(),
+		HTTPClient: m.httpClient(),
+		UserAgent:  "acmetls",
+		Logger:     slogFromZap(m.logger().Named("acme")),
+	}
 }
 
 func (m *Manager) ca() string {

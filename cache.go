@@ -48,10 +48,11 @@ func (i keyIndex) keyType() KeyType {
 // choose returns the certificate the client supports, ECDSA first, or nil.
 // It allocates nothing.
 func (p *certPair) choose(hello *tls.ClientHelloInfo) *tls.Certificate {
-	if p.ecdsa != nil && supportsIndex(hello, p.ecdsaType) {
+	vers := mutualVersion(hello.SupportedVersions)
+	if p.ecdsa != nil && supportsAt(hello, vers, p.ecdsaType) {
 		return p.ecdsa
 	}
-	if p.rsa != nil && supportsIndex(hello, p.rsaType) {
+	if p.rsa != nil && supportsAt(hello, vers, p.rsaType) {
 		return p.rsa
 	}
 	return nil

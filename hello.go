@@ -40,7 +40,11 @@ func supports(hello *tls.ClientHelloInfo, kt KeyType) bool {
 // supportsIndex is supports with the key type as a keyIndex, so that the
 // handshake path compares bytes, not strings.
 func supportsIndex(hello *tls.ClientHelloInfo, ki keyIndex) bool {
-	vers := mutualVersion(hello.SupportedVersions)
+	return supportsAt(hello, mutualVersion(hello.SupportedVersions), ki)
+}
+
+// supportsAt is supportsIndex at the version the server will negotiate.
+func supportsAt(hello *tls.ClientHelloInfo, vers uint16, ki keyIndex) bool {
 	if vers == 0 || ki == 0 {
 		return false
 	}
