@@ -10,23 +10,52 @@ import (
 	"testing"
 
 	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/internal/pgtest"
+	"github.com/acmetls/acmetls/storage"
+	"github.com/acmetls/acmetls/storage/postgres"
 )
 
 // Processes sharing storage place one order per name and key type, whoever
-// asks first: the storage lock and the re-check under it.
+// asks first: the storage lock and the re-check under it. The frontends
+// share a directory, or a PostgreSQL database through a connection pool
+// each, as processes would.
 func TestSharedStorageOrdersOnce(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, acmetest.Options{})
+	t.Run("file", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, acmetest.Options{})
+		testOrdersOnce(t, e, func() storage.Storage { return e.storage })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, acmetest.Options{})
+		url := pgtest.DB(t)
+		testOrdersOnce(t, e, func() storage.Storage {
+			st, err := postgres.Open(context.Background(), url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(st.Close)
+			return st
+		})
+	})
+}
+
+// testOrdersOnce runs three frontends on storages from open at once, then
+// a fourth that starts after them.
+func testOrdersOnce(t *testing.T, e *env, open func() storage.Storage) {
 	const name = "shared.example.com"
-	managers := []*Manager{e.manager(), e.manager(), e.manager()}
+	var managers []*Manager
+	for range 3 {
+		st := open()
+		managers = append(managers, e.manager(func(m *Manager) { m.Storage = st }))
+	}
+	// The CA's validation requests reach the last frontend only: the
+	// others' orders are answered through storage.
 	var wg sync.WaitGroup
 	errs := make([]error, len(managers))
 	for i, m := range managers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = m.ManageSync(context.Background(), name)
-		}()
+		wg.Go(func() { errs[i] = m.ManageSync(context.Background(), name) })
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -42,6 +71,12 @@ func TestSharedStorageOrdersOnce(t *testing.T) {
 			t.Errorf("%s finalizations = %d, want 1", alg, n)
 		}
 	}
+	// A frontend started later serves from storage, ordering nothing.
+	st := open()
+	managers = append(managers, e.manager(func(m *Manager) {
+		m.Storage = st
+		m.OnDemand = &OnDemand{Names: []string{name}}
+	}))
 	// Every Manager serves the same certificate.
 	var serial string
 	for i, m := range managers {
@@ -55,6 +90,9 @@ func TestSharedStorageOrdersOnce(t *testing.T) {
 			t.Errorf("manager %d serves serial %s, manager 0 serves %s", i, s, serial)
 		}
 		serial = s
+	}
+	if n := len(e.ca.Orders()); n != 2 {
+		t.Errorf("the CA received %d orders, want 2 (one per key type)", n)
 	}
 }
 

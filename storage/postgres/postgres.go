@@ -1,0 +1,259 @@
+// Package postgres keeps acmetls's state in PostgreSQL, so that a fleet of
+// frontends shares its certificates, accounts, challenge answers, renewal
+// state and staples through one database.
+//
+// Values are rows of one table; locks are PostgreSQL session advisory
+// locks, each held on a connection of its own, so a process that dies or
+// loses its database connection releases its locks with it: no stale lock
+// files, no lock expiry to tune.
+//
+// [Storage] also has certmagic.Storage's Stat, so it serves CertMagic too.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/acmetls/acmetls/storage"
+)
+
+// DefaultTable is the table Open and New use when given none.
+const DefaultTable = "acmetls_storage"
+
+// Storage is a [storage.Storage] in a PostgreSQL table. It is safe for
+// concurrent use; several processes may share one table.
+type Storage struct {
+	pool   *pgxpool.Pool
+	owned  bool   // the pool was made by Open, and Close closes it
+	table  string // quoted identifier
+	lockNS string // prefix of the advisory lock names, per table
+
+	mu   sync.Mutex           // guards held
+	held map[string]*pgx.Conn // the connection holding each lock this process holds
+}
+
+var (
+	_ storage.Storage   = (*Storage)(nil)
+	_ certmagic.Storage = (*Storage)(nil)
+)
+
+// Open connects to the database at connString (a PostgreSQL URL or
+// key=value string) and returns a Storage in its table DefaultTable,
+// creating the table if it does not exist. Close releases the connections.
+func Open(ctx context.Context, connString string) (*Storage, error) {
+	pool, err := pgxpool.New(ctx, connString)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls/postgres: %w", err)
+	}
+	s, err := New(ctx, pool, "")
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.owned = true
+	return s, nil
+}
+
+// New returns a Storage in table ("" for DefaultTable) reached through
+// pool, creating the table if it does not exist. The pool stays the
+// caller's: Close does not close it. Locks do not take connections from
+// the pool; each held lock opens one with the pool's configuration.
+func New(ctx context.Context, pool *pgxpool.Pool, table string) (*Storage, error) {
+	if table == "" {
+		table = DefaultTable
+	}
+	s := &Storage{
+		pool:   pool,
+		table:  pgx.Identifier{table}.Sanitize(),
+		lockNS: "acmetls/" + table + "/",
+		held:   make(map[string]*pgx.Conn),
+	}
+	// COLLATE "C" orders keys bytewise, so that the keys under a prefix
+	// are one range of the primary key's index.
+	_, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+s.table+` (
+		key      text COLLATE "C" PRIMARY KEY,
+		value    bytea NOT NULL,
+		modified timestamptz NOT NULL DEFAULT now()
+	)`)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls/postgres: creating table %s: %w", s.table, err)
+	}
+	return s, nil
+}
+
+// Close releases the locks this Storage holds and, if Open made its pool,
+// closes the pool.
+func (s *Storage) Close() {
+	s.mu.Lock()
+	held := s.held
+	s.held = make(map[string]*pgx.Conn)
+	s.mu.Unlock()
+	for _, c := range held {
+		_ = c.Close(context.Background())
+	}
+	if s.owned {
+		s.pool.Close()
+	}
+}
+
+// Store writes value at key, replacing what was there.
+func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
+	if value == nil {
+		value = []byte{} // a nil slice would be SQL NULL
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO `+s.table+` (key, value, modified) VALUES ($1, $2, now())
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value, modified = excluded.modified`, key, value)
+	if err != nil {
+		return fmt.Errorf("acmetls/postgres: storing %s: %w", key, err)
+	}
+	return nil
+}
+
+// Load reads the value at key; a missing key is an error wrapping
+// fs.ErrNotExist.
+func (s *Storage) Load(ctx context.Context, key string) ([]byte, error) {
+	var v []byte
+	err := s.pool.QueryRow(ctx, `SELECT value FROM `+s.table+` WHERE key = $1`, key).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("acmetls/postgres: %s: %w", key, fs.ErrNotExist)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("acmetls/postgres: loading %s: %w", key, err)
+	}
+	return v, nil
+}
+
+// Delete removes key and every key under it. Deleting a missing key is
+// not an error.
+func (s *Storage) Delete(ctx context.Context, key string) error {
+	lo, hi := under(key)
+	_, err := s.pool.Exec(ctx, `DELETE FROM `+s.table+` WHERE key = $1 OR (key > $2 AND key < $3)`, key, lo, hi)
+	if err != nil {
+		return fmt.Errorf("acmetls/postgres: deleting %s: %w", key, err)
+	}
+	return nil
+}
+
+// Exists reports whether key holds a value. A database error reports
+// false.
+func (s *Storage) Exists(ctx context.Context, key string) bool {
+	var one int
+	err := s.pool.QueryRow(ctx, `SELECT 1 FROM `+s.table+` WHERE key = $1`, key).Scan(&one)
+	return err == nil
+}
+
+// List returns the keys directly under path, or all keys under it when
+// recursive, sorted. A key with keys below it is listed as a prefix. A
+// path with nothing under it is an error wrapping fs.ErrNotExist.
+func (s *Storage) List(ctx context.Context, path string, recursive bool) ([]string, error) {
+	path = strings.TrimSuffix(path, "/")
+	lo, hi := under(path)
+	q := `SELECT key FROM ` + s.table + ` WHERE key > $1 AND key < $2 ORDER BY key`
+	if !recursive {
+		// The first segment after the prefix: a key, or the prefix of
+		// keys below.
+		q = `SELECT DISTINCT $1::text || split_part(substr(key, length($1::text) + 1), '/', 1) AS k
+			FROM ` + s.table + ` WHERE key > $1 AND key < $2 ORDER BY k`
+	}
+	rows, err := s.pool.Query(ctx, q, lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("acmetls/postgres: listing %s: %w", path, err)
+	}
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("acmetls/postgres: listing %s: %w", path, err)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("acmetls/postgres: %s: %w", path, fs.ErrNotExist)
+	}
+	return keys, nil
+}
+
+// Stat describes key: a value, or a prefix of other keys.
+func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	var size int64
+	var modified time.Time
+	err := s.pool.QueryRow(ctx, `SELECT length(value), modified FROM `+s.table+` WHERE key = $1`, key).Scan(&size, &modified)
+	if err == nil {
+		return certmagic.KeyInfo{Key: key, Modified: modified, Size: size, IsTerminal: true}, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return certmagic.KeyInfo{}, fmt.Errorf("acmetls/postgres: stat %s: %w", key, err)
+	}
+	lo, hi := under(key)
+	err = s.pool.QueryRow(ctx, `SELECT max(modified) FROM `+s.table+` WHERE key > $1 AND key < $2 HAVING count(*) > 0`, lo, hi).Scan(&modified)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return certmagic.KeyInfo{}, fmt.Errorf("acmetls/postgres: %s: %w", key, fs.ErrNotExist)
+	}
+	if err != nil {
+		return certmagic.KeyInfo{}, fmt.Errorf("acmetls/postgres: stat %s: %w", key, err)
+	}
+	return certmagic.KeyInfo{Key: key, Modified: modified}, nil
+}
+
+// under returns the bounds, both exclusive, of the keys under prefix in
+// bytewise order: prefix+"/" and prefix+"0", '0' being the byte after '/'.
+func under(prefix string) (lo, hi string) {
+	return prefix + "/", prefix + "0"
+}
+
+// Lock takes the named lock, waiting until it is free or ctx ends. The
+// lock is a session advisory lock on a connection opened for it, so it is
+// released if this process dies or loses the connection. Locks of the
+// same name taken twice in one process exclude each other, as across
+// processes.
+func (s *Storage) Lock(ctx context.Context, name string) error {
+	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("acmetls/postgres: lock %s: %w", name, err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, s.lockKey(name)); err != nil {
+		// Closing the session releases the lock if it was granted as
+		// ctx ended.
+		_ = conn.Close(context.Background())
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return fmt.Errorf("acmetls/postgres: lock %s: %w", name, err)
+	}
+	s.mu.Lock()
+	s.held[name] = conn
+	s.mu.Unlock()
+	return nil
+}
+
+// Unlock releases a lock taken by Lock, closing its connection.
+func (s *Storage) Unlock(ctx context.Context, name string) error {
+	s.mu.Lock()
+	conn, ok := s.held[name]
+	delete(s.held, name)
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("acmetls/postgres: unlock %s: not locked by this process", name)
+	}
+	// Ending the session releases its advisory lock; a failed unlock
+	// query would leave it held, a closed connection cannot.
+	if err := conn.Close(ctx); err != nil {
+		return fmt.Errorf("acmetls/postgres: unlock %s: %w", name, err)
+	}
+	return nil
+}
+
+// lockKey maps a lock name to the 64-bit key of an advisory lock. Two
+// names that collide only wait for each other.
+func (s *Storage) lockKey(name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(s.lockNS))
+	h.Write([]byte(name))
+	return int64(h.Sum64())
+}

@@ -1,0 +1,124 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/acmetls/acmetls/internal/pgtest"
+	"github.com/acmetls/acmetls/storage"
+	"github.com/acmetls/acmetls/storage/storagetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// open returns two Storages on one fresh database, each with its own
+// pool: two processes of a fleet.
+func open(t *testing.T) (*Storage, *Storage) {
+	url := pgtest.DB(t)
+	ctx := context.Background()
+	a, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	b, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return a, b
+}
+
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) (storage.Storage, storage.Storage) { return open(t) })
+}
+
+// A process that dies holding a lock releases it: the session ends with
+// the connection.
+func TestLockReleasedWithItsConnection(t *testing.T) {
+	ctx := context.Background()
+	a, b := open(t)
+	if err := a.Lock(ctx, "l"); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := b.Lock(short, "l"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock held by another process = %v", err)
+	}
+	a.Close() // as the process's exit would
+	wait, cancel2 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel2()
+	if err := b.Lock(wait, "l"); err != nil {
+		t.Fatalf("the lock of a closed process was not released: %v", err)
+	}
+	if err := b.Unlock(ctx, "l"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Stat describes values and prefixes, as CertMagic expects.
+func TestStat(t *testing.T) {
+	ctx := context.Background()
+	s, _ := open(t)
+	if err := s.Store(ctx, "a/b/c", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	ki, err := s.Stat(ctx, "a/b/c")
+	if err != nil || !ki.IsTerminal || ki.Size != 5 || time.Since(ki.Modified) > time.Minute {
+		t.Errorf("Stat of a value = %+v, %v", ki, err)
+	}
+	ki, err = s.Stat(ctx, "a/b")
+	if err != nil || ki.IsTerminal {
+		t.Errorf("Stat of a prefix = %+v, %v", ki, err)
+	}
+	if _, err := s.Stat(ctx, "a/x"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Stat of a missing key = %v", err)
+	}
+}
+
+// A database that goes away gives clear errors and no false answers; the
+// values are there again when it is back (a closed pool stands in for the
+// outage).
+func TestDatabaseGone(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.DB(t)
+	s, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Store(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := s.Load(ctx, "k"); err == nil || errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Load without a database = %v, want an error that is not fs.ErrNotExist", err)
+	}
+	if err := s.Store(ctx, "k", []byte("w")); err == nil {
+		t.Error("Store without a database succeeded")
+	}
+	if err := s.Lock(ctx, "l"); err != nil {
+		// Locks open their own connection; the database is still up.
+		t.Logf("Lock: %v", err)
+	} else {
+		_ = s.Unlock(ctx, "l")
+	}
+	again, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if v, err := again.Load(ctx, "k"); err != nil || string(v) != "v" {
+		t.Errorf("after reconnecting: %q, %v", v, err)
+	}
+}
+
+func TestOpenBadURL(t *testing.T) {
+	if _, err := Open(context.Background(), "host=/nonexistent-dir user=postgres connect_timeout=2"); err == nil {
+		t.Fatal("Open of an unreachable database succeeded")
+	}
+}
