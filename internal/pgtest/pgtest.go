@@ -50,6 +50,40 @@ func Main(m *testing.M) int {
 // The database is dropped when t ends.
 func DB(t testing.TB) string {
 	t.Helper()
+	url, name, err := newDB()
+	if err != nil {
+		t.Fatalf("PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := execSQL(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("dropping the test database: %v", err)
+		}
+	})
+	return url
+}
+
+// NewDB creates a database that lasts as long as the server, for data
+// shared by several tests or benchmarks, and returns its connection
+// string.
+func NewDB() (string, error) {
+	url, _, err := newDB()
+	return url, err
+}
+
+func newDB() (url, name string, err error) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name = "t_" + hex.EncodeToString(b[:])
+	if err := execSQL(context.Background(), "CREATE DATABASE "+name); err != nil {
+		return "", "", err
+	}
+	server.mu.Lock()
+	defer server.mu.Unlock()
+	return connString(server.dir, name), name, nil
+}
+
+// execSQL runs one statement as the server's superuser.
+func execSQL(ctx context.Context, sql string) error {
 	server.mu.Lock()
 	dir, err := server.dir, server.err
 	server.mu.Unlock()
@@ -57,32 +91,15 @@ func DB(t testing.TB) string {
 		err = errors.New("pgtest: Main was not run from TestMain")
 	}
 	if err != nil {
-		t.Fatalf("PostgreSQL: %v", err)
+		return err
 	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "t_" + hex.EncodeToString(b[:])
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, connString(dir, "postgres"))
+	c, err := pgx.Connect(ctx, connString(dir, "postgres"))
 	if err != nil {
-		t.Fatalf("PostgreSQL: %v", err)
+		return err
 	}
-	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("PostgreSQL: %v", err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(ctx, connString(dir, "postgres"))
-		if err != nil {
-			t.Errorf("PostgreSQL: %v", err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("dropping the test database: %v", err)
-		}
-	})
-	return connString(dir, name)
+	defer c.Close(ctx)
+	_, err = c.Exec(ctx, sql)
+	return err
 }
 
 func connString(dir, db string) string {
