@@ -108,12 +108,12 @@ func (p *certPair) set(kt KeyType, c *tls.Certificate) {
 // colder ones. When the cache is full and the inserting shard is empty, a
 // name is evicted from another shard.
 type cache struct {
-	seed      maphash.Seed
-	shardBits uint
-	capacity  int64
-	count     atomic.Int64 // names held, across shards
-	shards    []shard      // read by every lookup: kept dense
-	writers   []writer     // writers[i] serializes writes to shards[i]
+	seed     maphash.Seed
+	nshards  uint64
+	capacity int64
+	count    atomic.Int64 // names held, across shards
+	shards   []shard      // read by every lookup: kept dense
+	writers  []writer     // writers[i] serializes writes to shards[i]
 }
 
 // shard is what a lookup reads: one table for exact names and one for
@@ -169,16 +169,13 @@ var emptyTable = new(table)
 // newCache returns a cache for at most capacity names.
 func newCache(capacity int) *cache {
 	capacity = max(capacity, 1)
-	bits := uint(0)
-	for 1<<bits < maxShards && (1<<bits)*shardSize < capacity {
-		bits++
-	}
+	n := min((capacity+shardSize-1)/shardSize, maxShards)
 	c := &cache{
-		seed:      maphash.MakeSeed(),
-		shardBits: bits,
-		capacity:  int64(capacity),
-		shards:    make([]shard, 1<<bits),
-		writers:   make([]writer, 1<<bits),
+		seed:     maphash.MakeSeed(),
+		nshards:  uint64(n),
+		capacity: int64(capacity),
+		shards:   make([]shard, n),
+		writers:  make([]writer, n),
 	}
 	for i := range c.shards {
 		c.shards[i].exact.Store(emptyTable)
@@ -187,14 +184,13 @@ func newCache(capacity int) *cache {
 	return c
 }
 
-// locate hashes key and returns its shard's index (the hash's top bits)
-// and the hash.
+// locate hashes key and returns its shard's index and the hash. The index
+// is the hash's top half scaled to the number of shards (a multiply, not
+// a division), so any number of shards divides names evenly and every
+// table is about half full when the cache is.
 func (c *cache) locate(key string) (int, uint64) {
 	h := maphash.String(c.seed, key)
-	if c.shardBits == 0 {
-		return 0, h
-	}
-	return int(h >> (64 - c.shardBits)), h
+	return int((h >> 32) * c.nshards >> 32), h
 }
 
 // find returns the slot holding key, or nil. Slots are chosen by the

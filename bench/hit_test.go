@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"crypto/tls"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
@@ -9,52 +11,62 @@ import (
 
 var hitSizes = []int{1, 10_000, 100_000}
 
+// rounds repeats B1's contenders in turn, so that the drift of a shared
+// machine falls on all of them alike; -count would run each one's
+// repetitions back to back. benchstat -ignore /round merges the rounds.
+var rounds = flag.Int("rounds", 1, "B1: run every contender this many times, in turn")
+
+// hitCases calls run for every round, size and contender of B1, in that
+// nesting, with the contender's GetCertificate and the hellos of the size.
+func hitCases(b *testing.B, run func(b *testing.B, name string, n int, f getCertFunc, hs []*tls.ClientHelloInfo)) {
+	for r := 1; r <= *rounds; r++ {
+		for _, n := range hitSizes {
+			hs := hellos(getCorpus(b, n).names[:n])
+			for _, impl := range impls {
+				run(b, fmt.Sprintf("round=%d/names=%d/impl=%s", r, n, impl), n, warmed(b, impl, n), hs)
+			}
+		}
+	}
+}
+
 // BenchmarkHit is B1: GetCertificate for a name in memory, one goroutine.
 func BenchmarkHit(b *testing.B) {
-	for _, n := range hitSizes {
-		hs := hellos(getCorpus(b, n).names[:n])
-		for _, impl := range impls {
-			f := warmed(b, impl, n)
-			b.Run(fmt.Sprintf("names=%d/impl=%s", n, impl), func(b *testing.B) {
-				b.ReportAllocs()
-				i := 0
-				for b.Loop() {
+	hitCases(b, func(b *testing.B, name string, n int, f getCertFunc, hs []*tls.ClientHelloInfo) {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := f(hs[i]); err != nil {
+					b.Fatal(err)
+				}
+				if i++; i == n {
+					i = 0
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkHitParallel is B1 with every core asking at once.
+func BenchmarkHitParallel(b *testing.B) {
+	hitCases(b, func(b *testing.B, name string, n int, f getCertFunc, hs []*tls.ClientHelloInfo) {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			var seed atomic.Uint64
+			b.RunParallel(func(pb *testing.PB) {
+				i := rand.New(rand.NewPCG(seed.Add(1), 0)).IntN(n)
+				for pb.Next() {
 					if _, err := f(hs[i]); err != nil {
-						b.Fatal(err)
+						b.Error(err)
+						return
 					}
 					if i++; i == n {
 						i = 0
 					}
 				}
 			})
-		}
-	}
-}
-
-// BenchmarkHitParallel is B1 with every core asking at once.
-func BenchmarkHitParallel(b *testing.B) {
-	for _, n := range hitSizes {
-		hs := hellos(getCorpus(b, n).names[:n])
-		for _, impl := range impls {
-			f := warmed(b, impl, n)
-			b.Run(fmt.Sprintf("names=%d/impl=%s", n, impl), func(b *testing.B) {
-				b.ReportAllocs()
-				var seed atomic.Uint64
-				b.RunParallel(func(pb *testing.PB) {
-					i := rand.New(rand.NewPCG(seed.Add(1), 0)).IntN(n)
-					for pb.Next() {
-						if _, err := f(hs[i]); err != nil {
-							b.Error(err)
-							return
-						}
-						if i++; i == n {
-							i = 0
-						}
-					}
-				})
-			})
-		}
-	}
+		})
+	})
 }
 
 // The contenders serve the same certificate for the same name, so B1
