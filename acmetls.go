@@ -146,7 +146,8 @@ type Manager struct {
 	chal     challenges
 	orders   chan struct{} // one token per order in flight
 	interned interner
-	denied   denials
+	denied   denials // names the on-demand policy refused
+	failing  denials // names without a certificate whose issuance backs off
 
 	mu      sync.RWMutex        // guards managed and account
 	managed map[string]struct{} // names given to ManageSync

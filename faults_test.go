@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/acmetls/acmetls/internal/acmetest"
 	"github.com/acmetls/acmetls/storage"
@@ -194,5 +195,71 @@ func TestCAFailure(t *testing.T) {
 	}
 	if n := len(e.ca.Orders()) - orders; n != 2 {
 		t.Errorf("%d orders for the two names, want 2", n)
+	}
+}
+
+// Handshakes for a name whose first issuance backs off fail fast without
+// reading storage, for at most a minute at a time: a name whose DNS points
+// elsewhere costs one storage read a minute, not several per handshake.
+func TestBackingOffNameSparesStorage(t *testing.T) {
+	t.Parallel()
+	var limited atomic.Bool
+	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
+		if limited.Load() && r.URL.Path == "/order-plz" {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+			w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently"}`))
+			return true
+		}
+		return false
+	}})
+	st := &countingStorage{Storage: e.storage}
+	var now atomic.Pointer[time.Time]
+	start := time.Now()
+	now.Store(&start)
+	const name = "misdirected.example.com"
+	m := e.manager(func(m *Manager) {
+		m.Storage = st
+		m.OnDemand = &OnDemand{Names: []string{name}}
+		m.clock = func() time.Time { return *now.Load() }
+	})
+	limited.Store(true)
+	if _, err := e.handshake(name, nil); err == nil {
+		t.Fatal("handshake succeeded while the CA refuses orders")
+	}
+	// The second handshake reads the backoff state, and remembers it.
+	if _, err := e.handshake(name, nil); err == nil {
+		t.Fatal("handshake succeeded during the backoff")
+	}
+	orders, reads := len(e.ca.Orders()), st.loads.Load()
+	for range 10 {
+		if _, err := e.handshake(name, nil); err == nil {
+			t.Fatal("handshake succeeded during the backoff")
+		}
+	}
+	if n := st.loads.Load() - reads; n != 0 {
+		t.Errorf("10 handshakes during the backoff read storage %d times, want 0", n)
+	}
+	if n := len(e.ca.Orders()) - orders; n != 0 {
+		t.Errorf("%d orders during the backoff", n)
+	}
+	// A minute later storage is read again: another frontend may have
+	// obtained the certificate. (Here none has: still backing off.)
+	later := start.Add(failingMemory + time.Second)
+	now.Store(&later)
+	if _, err := e.handshake(name, nil); err == nil {
+		t.Fatal("handshake succeeded during the backoff")
+	}
+	if st.loads.Load() == reads {
+		t.Error("storage was not read again after failingMemory")
+	}
+	// The admin's retry forgets the failure at once.
+	limited.Store(false)
+	if err := m.RetryNow(context.Background(), name); err != nil {
+		t.Fatalf("RetryNow: %v", err)
+	}
+	if _, err := e.handshake(name, nil); err != nil {
+		t.Fatalf("after RetryNow: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package acmetls
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -61,8 +62,12 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 			return c, nil
 		}
 	}
+	// A name whose issuance is backing off, or that the policy recently
+	// denied, is not looked up again.
+	if err := m.failing.check(name, m.now()); err != nil {
+		return nil, err
+	}
 	if !m.isManaged(name) {
-		// A name recently denied is not looked up again.
 		if err := m.denied.check(name, time.Now()); err != nil {
 			return nil, err
 		}
@@ -89,6 +94,14 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 	}
 	c, err := m.certFor(ctx, name, kt)
 	if err != nil {
+		var bo *backingOffError
+		if p == nil && errors.As(err, &bo) {
+			// Storage holds nothing for name, and the CA may not be
+			// asked yet: later handshakes fail without reading storage,
+			// for a while. Briefly, as another frontend may obtain it.
+			now := m.now()
+			m.failing.remember(name, err, minTime(bo.next, now.Add(failingMemory)))
+		}
 		return nil, err
 	}
 	cached := m.cache.get(name)
@@ -175,6 +188,12 @@ type denial struct {
 // maxDenials bounds the memory a flood of random names can take.
 const maxDenials = 10_000
 
+// failingMemory is how long a frontend answers handshakes for a name whose
+// first issuance backs off without looking at storage: at most one
+// storage read per name and minute, and a certificate another frontend
+// obtained meanwhile is served within a minute.
+const failingMemory = time.Minute
+
 func (d *denials) check(name string, now time.Time) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -185,6 +204,13 @@ func (d *denials) check(name string, now time.Time) error {
 		delete(d.byName, name)
 	}
 	return nil
+}
+
+// forget drops what is remembered of name.
+func (d *denials) forget(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.byName, name)
 }
 
 func (d *denials) remember(name string, err error, until time.Time) {

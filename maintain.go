@@ -258,6 +258,13 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // pollARI reads a certificate's renewal information and requeues it.
 func (m *Manager) pollARI(ctx context.Context, t *tracked) {
 	ctx, note := withRetryAfterNote(ctx)
@@ -298,6 +305,16 @@ func (m *Manager) tracked(name string, kt KeyType) *tracked {
 
 // errBackingOff is returned when an attempt is not allowed yet.
 var errBackingOff = errors.New("acmetls: backing off after failures")
+
+// backingOffError is errBackingOff for one name and key type, with the
+// time of the next attempt.
+type backingOffError struct {
+	next time.Time
+	msg  string
+}
+
+func (e *backingOffError) Error() string        { return e.msg }
+func (e *backingOffError) Is(target error) bool { return target == errBackingOff }
 
 // renew replaces t's certificate: storage first (another process may have
 // renewed it), then the CA, with "replaces" naming the old certificate.
@@ -426,6 +443,7 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	m.failing.forget(name)
 	var errs []error
 	for _, kt := range m.keyTypes() {
 		st, err := m.loadState(ctx, name, kt)

@@ -42,8 +42,8 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 		return nil, err
 	}
 	if !st.MayAttempt(m.now()) {
-		return nil, fmt.Errorf("%w: %q (%s) failed %d times, next attempt at %s: %s",
-			errBackingOff, name, kt, st.Failures, st.NextAttempt.Format(time.RFC3339), st.LastError)
+		return nil, &backingOffError{next: st.NextAttempt, msg: fmt.Sprintf("%v: %q (%s) failed %d times, next attempt at %s: %s",
+			errBackingOff, name, kt, st.Failures, st.NextAttempt.Format(time.RFC3339), st.LastError)}
 	}
 	lock := storage.CertLockName(name, string(kt))
 	m.logger().Named("obtain").Debug("taking storage lock", zap.String("lock", lock))
@@ -74,6 +74,7 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 	if st.Failures > 0 {
 		m.clearState(ctx, name, kt)
 	}
+	m.failing.forget(name)
 	m.emit(Event{Kind: EventObtained, ServerName: name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
 	return m.cacheCert(ctx, name, kt, c, ri)
 }
