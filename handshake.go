@@ -42,7 +42,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if challenge {
 		return m.alpnCert(helloContext(hello), name)
 	}
-	return m.getCertificateSlow(helloContext(hello), hello, name)
+	return m.getCertificateSlow(forHandshake(helloContext(hello)), hello, name)
 }
 
 // helloContext returns the handshake's context; a ClientHelloInfo built by

@@ -124,11 +124,18 @@ func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
 	}
-	st, revoked := m.staple(ctx, name, kt, c, cc)
+	st, revoked, later := m.staple(ctx, name, kt, c, cc)
 	m.cache.put(name, kt, cc)
 	t := m.track(name, kt, c.Leaf, ri, st)
 	if revoked != nil {
 		go m.revoked(context.WithoutCancel(ctx), t, revoked)
+	}
+	if later {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stapleFetchTimeout)
+			defer cancel()
+			m.refreshStaple(ctx, t)
+		}()
 	}
 	return cc, nil
 }

@@ -34,19 +34,34 @@ func stapleKey(name string, kt KeyType) string {
 // (zero: none attached).
 type stapling struct{ next, until time.Time }
 
+// handshakeKey marks a context whose work a handshake waits for.
+type handshakeKey struct{}
+
+// forHandshake returns ctx marked as a handshake's: a staple not in storage
+// is then fetched in the background rather than waited for.
+func forHandshake(ctx context.Context) context.Context {
+	return context.WithValue(ctx, handshakeKey{}, true)
+}
+
 // staple attaches an OCSP staple to cc, the compact form of c, if c's leaf
 // names a responder: the stored staple if it checks, else a fresh one from
 // the responder, checked and stored. A revoked status is returned as such,
 // and the certificate must be replaced.
-func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tls.Certificate) (stapling, *ocsp.Response) {
+//
+// For a handshake (see forHandshake), a staple not in storage is not
+// waited for, unless the certificate requires one (MustStaple): staple
+// returns later, and the caller fetches it in the background once the
+// certificate is tracked. A responder that is slow or down never delays a
+// handshake.
+func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tls.Certificate) (st stapling, revoked *ocsp.Response, later bool) {
 	if ocsp.Responder(c.Leaf) == "" {
-		return stapling{}, nil
+		return stapling{}, nil, false
 	}
 	now := m.now()
 	issuer, err := issuerOf(c)
 	if err != nil {
 		m.logger().Named("ocsp").Warn("no issuer to check staples against", zapName(name), zapErr(err))
-		return stapling{}, nil
+		return stapling{}, nil, false
 	}
 	attach := func(r *ocsp.Response, der []byte) stapling {
 		cc.OCSPStaple = der
@@ -54,10 +69,14 @@ func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tl
 	}
 	if der, err := m.store.Load(ctx, stapleKey(name, kt)); err == nil {
 		if r, err := ocsp.Check(der, c.Leaf, issuer, now); err == nil && ocsp.Stapleable(r, now) {
-			return attach(r, der), nil
+			return attach(r, der), nil, false
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		m.logger().Named("ocsp").Warn("loading staple", zapName(name), zapErr(err))
+	}
+	if ctx.Value(handshakeKey{}) != nil && !m.MustStaple {
+		// Run fetches it if the background fetch fails.
+		return stapling{next: now.Add(time.Minute)}, nil, true
 	}
 	fctx, cancel := context.WithTimeout(ctx, stapleFetchTimeout)
 	defer cancel()
@@ -65,13 +84,13 @@ func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tl
 	switch {
 	case err != nil:
 		m.logger().Named("ocsp").Warn("fetching staple", zapName(name), zapKeyType(kt), zapErr(err))
-		return stapling{next: now.Add(time.Minute)}, nil
+		return stapling{next: now.Add(time.Minute)}, nil, false
 	case r.Status == ocsp.Revoked:
-		return stapling{next: now}, r
+		return stapling{next: now}, r, false
 	case ocsp.Stapleable(r, now):
-		return attach(r, der), nil
+		return attach(r, der), nil, false
 	}
-	return stapling{next: m.stapleRefresh(r, now)}, nil
+	return stapling{next: m.stapleRefresh(r, now)}, nil, false
 }
 
 // stapleRefresh is when to fetch again after r: its middle, jittered, and

@@ -237,3 +237,32 @@ func TestMustStaple(t *testing.T) {
 		t.Error("the certificate lacks the TLS feature extension")
 	}
 }
+
+// A responder that hangs never delays a handshake: a certificate loaded
+// from storage without a stored staple is served at once, and its staple
+// follows in the background, without Run.
+func TestHangingResponderDoesNotDelayHandshakes(t *testing.T) {
+	t.Parallel()
+	e, resp := ocspEnv(t, 24*time.Hour)
+	only := func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} }
+	resp.Set(acmetest.OCSPDown) // stored: the certificate, no staple
+	if err := e.manager(only).ManageSync(context.Background(), "hang.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	resp.Set(acmetest.OCSPGood)
+	resp.Hold()
+	asked := resp.Requests()
+	e.manager(only) // a restart: the certificate is in storage only
+	if checkStaple(t, e, "hang.example.com") != nil {
+		t.Fatal("stapled while the responder hangs")
+	}
+	waitFor(t, "the background staple request", func() bool { return resp.Requests() > asked })
+	resp.Release()
+	waitFor(t, "the staple", func() bool {
+		cs, err := e.handshake("hang.example.com", nil)
+		return err == nil && len(cs.OCSPResponse) > 0
+	})
+	if checkStaple(t, e, "hang.example.com") == nil {
+		t.Fatal("no verified staple")
+	}
+}

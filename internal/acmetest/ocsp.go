@@ -24,7 +24,8 @@ type Responder struct {
 
 	srv      *httptest.Server
 	requests atomic.Int32
-	mu       sync.Mutex // guards ca, mode, validity and revoked
+	mu       sync.Mutex // guards ca, mode, validity, revoked and gate
+	gate     chan struct{} // while not nil, requests wait for it to close
 	ca       *CA
 	mode     string
 	validity time.Duration
@@ -72,14 +73,47 @@ func (r *Responder) Revoke(serial *big.Int) {
 	r.revoked[serial.String()] = true
 }
 
-// Requests counts the requests answered so far.
+// Hold makes requests wait, unanswered, until Release: a responder that
+// hangs.
+func (r *Responder) Hold() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gate == nil {
+		r.gate = make(chan struct{})
+	}
+}
+
+// Release answers the requests Hold kept waiting, and the next ones at once.
+func (r *Responder) Release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gate != nil {
+		close(r.gate)
+		r.gate = nil
+	}
+}
+
+// Requests counts the requests received so far, answered or held.
 func (r *Responder) Requests() int { return int(r.requests.Load()) }
 
-// Close stops the responder.
-func (r *Responder) Close() { r.srv.Close() }
+// Close stops the responder, answering the requests held first.
+func (r *Responder) Close() {
+	r.Release()
+	r.srv.Close()
+}
 
 func (r *Responder) serve(w http.ResponseWriter, req *http.Request) {
 	r.requests.Add(1)
+	r.mu.Lock()
+	gate := r.gate
+	r.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-req.Context().Done():
+			return
+		}
+	}
 	body, err := io.ReadAll(io.LimitReader(req.Body, 1<<16))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
