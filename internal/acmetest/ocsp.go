@@ -24,7 +24,7 @@ type Responder struct {
 
 	srv      *httptest.Server
 	requests atomic.Int32
-	mu       sync.Mutex // guards ca, mode, validity, revoked and gate
+	mu       sync.Mutex    // guards ca, mode, validity, revoked and gate
 	gate     chan struct{} // while not nil, requests wait for it to close
 	ca       *CA
 	mode     string
