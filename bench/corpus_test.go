@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -176,12 +177,16 @@ func clientHello(cfg *tls.Config) *tls.ClientHelloInfo {
 }
 
 // hellos returns one ClientHelloInfo per name, from Go's default client.
+// Each carries its own copy of the name, as a parsed ClientHello does: a
+// server's stored key and the name a client sent never share memory, and
+// a string comparison that found them at one address would skip reading
+// the bytes.
 func hellos(names []string) []*tls.ClientHelloInfo {
 	tmpl := clientHello(&tls.Config{})
 	out := make([]*tls.ClientHelloInfo, len(names))
 	for i, n := range names {
 		h := *tmpl
-		h.ServerName = n
+		h.ServerName = strings.Clone(n)
 		out[i] = &h
 	}
 	return out

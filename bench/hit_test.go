@@ -16,14 +16,25 @@ var hitSizes = []int{1, 10_000, 100_000}
 // repetitions back to back. benchstat -ignore /round merges the rounds.
 var rounds = flag.Int("rounds", 1, "B1: run every contender this many times, in turn")
 
-// hitCases calls run for every round, size and contender of B1, in that
-// nesting, with the contender's GetCertificate and the hellos of the size.
-func hitCases(b *testing.B, run func(b *testing.B, name string, n int, f getCertFunc, hs []*tls.ClientHelloInfo)) {
+// hitCases runs bench for every round, size and contender of B1, in that
+// nesting, as a sub-benchmark, with the contender's GetCertificate and the
+// hellos of the size. What -bench filters out is not set up.
+func hitCases(b *testing.B, bench func(b *testing.B, n int, f getCertFunc, hs []*tls.ClientHelloInfo)) {
+	var hs [][]*tls.ClientHelloInfo
 	for r := 1; r <= *rounds; r++ {
-		for _, n := range hitSizes {
-			hs := hellos(getCorpus(b, n).names[:n])
+		for i, n := range hitSizes {
 			for _, impl := range impls {
-				run(b, fmt.Sprintf("round=%d/names=%d/impl=%s", r, n, impl), n, warmed(b, impl, n), hs)
+				b.Run(fmt.Sprintf("round=%d/names=%d/impl=%s", r, n, impl), func(b *testing.B) {
+					if hs == nil {
+						hs = make([][]*tls.ClientHelloInfo, len(hitSizes))
+					}
+					if hs[i] == nil {
+						hs[i] = hellos(getCorpus(b, n).names[:n])
+					}
+					f := warmed(b, impl, n)
+					b.ResetTimer()
+					bench(b, n, f, hs[i])
+				})
 			}
 		}
 	}
@@ -31,40 +42,36 @@ func hitCases(b *testing.B, run func(b *testing.B, name string, n int, f getCert
 
 // BenchmarkHit is B1: GetCertificate for a name in memory, one goroutine.
 func BenchmarkHit(b *testing.B) {
-	hitCases(b, func(b *testing.B, name string, n int, f getCertFunc, hs []*tls.ClientHelloInfo) {
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if _, err := f(hs[i]); err != nil {
-					b.Fatal(err)
-				}
-				if i++; i == n {
-					i = 0
-				}
+	hitCases(b, func(b *testing.B, n int, f getCertFunc, hs []*tls.ClientHelloInfo) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := f(hs[i]); err != nil {
+				b.Fatal(err)
 			}
-		})
+			if i++; i == n {
+				i = 0
+			}
+		}
 	})
 }
 
 // BenchmarkHitParallel is B1 with every core asking at once.
 func BenchmarkHitParallel(b *testing.B) {
-	hitCases(b, func(b *testing.B, name string, n int, f getCertFunc, hs []*tls.ClientHelloInfo) {
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			var seed atomic.Uint64
-			b.RunParallel(func(pb *testing.PB) {
-				i := rand.New(rand.NewPCG(seed.Add(1), 0)).IntN(n)
-				for pb.Next() {
-					if _, err := f(hs[i]); err != nil {
-						b.Error(err)
-						return
-					}
-					if i++; i == n {
-						i = 0
-					}
+	hitCases(b, func(b *testing.B, n int, f getCertFunc, hs []*tls.ClientHelloInfo) {
+		b.ReportAllocs()
+		var seed atomic.Uint64
+		b.RunParallel(func(pb *testing.PB) {
+			i := rand.New(rand.NewPCG(seed.Add(1), 0)).IntN(n)
+			for pb.Next() {
+				if _, err := f(hs[i]); err != nil {
+					b.Error(err)
+					return
 				}
-			})
+				if i++; i == n {
+					i = 0
+				}
+			}
 		})
 	})
 }

@@ -12,7 +12,7 @@ go install golang.org/x/perf/cmd/benchstat@latest
 bs=$(go env GOPATH)/bin/benchstat
 for g in $groups; do
 	case $g in
-	b1) go test -run '^$' -bench 'BenchmarkHit' -benchtime 1s ./bench/ -args -rounds 10 > "$out/b1.txt" ;;
+	b1) go test -run '^$' -bench 'BenchmarkHit' -benchtime 0.5s ./bench/ -args -rounds 10 > "$out/b1.txt" ;;
 	b2) go test -run '^$' -bench 'BenchmarkHandshake$' -benchtime 300x -count 10 ./bench/ > "$out/b2.txt"
 		go test -run '^$' -bench 'BenchmarkHandshakeInterleaved' -benchtime 300x -count 10 ./bench/ > "$out/b2-interleaved.txt" ;;
 	b3) go test -run '^$' -bench 'BenchmarkHeapPerName' -benchtime 1x -count 6 ./bench/ > "$out/b3.txt" ;;
