@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of BENCHMARKS.md and prints benchstat's tables.
-# Takes about 25 minutes on 2 cores; run it on an otherwise idle machine.
+# Takes about an hour on 2 cores; run it on an otherwise idle machine.
 # Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5 b6)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ for g in $groups; do
 	esac
 	echo "== $g"
 	case $g in
-	b1) "$bs" -col /impl -ignore /round "$out/b1.txt" ;;
+	b1) "$bs" -col /impl -ignore /round "$out/b1.txt"; awk -f bench/ratios.awk "$out/b1.txt" | sort ;;
 	b3) "$bs" -col /impl "$out/b3.txt" ;;
 	b2) "$bs" -col /impl "$out/b2.txt"; "$bs" "$out/b2-interleaved.txt" ;;
 	*) "$bs" "$out/$g.txt" ;;
