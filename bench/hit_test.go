@@ -20,14 +20,11 @@ var rounds = flag.Int("rounds", 1, "B1: run every contender this many times, in 
 // nesting, as a sub-benchmark, with the contender's GetCertificate and the
 // hellos of the size. What -bench filters out is not set up.
 func hitCases(b *testing.B, bench func(b *testing.B, n int, f getCertFunc, hs []*tls.ClientHelloInfo)) {
-	var hs [][]*tls.ClientHelloInfo
+	hs := make([][]*tls.ClientHelloInfo, len(hitSizes)) // by size, made on first use
 	for r := 1; r <= *rounds; r++ {
 		for i, n := range hitSizes {
 			for _, impl := range impls {
 				b.Run(fmt.Sprintf("round=%d/names=%d/impl=%s", r, n, impl), func(b *testing.B) {
-					if hs == nil {
-						hs = make([][]*tls.ClientHelloInfo, len(hitSizes))
-					}
 					if hs[i] == nil {
 						hs[i] = hellos(getCorpus(b, n).names[:n])
 					}

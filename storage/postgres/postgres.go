@@ -213,7 +213,7 @@ func under(prefix string) (lo, hi string) {
 // same name taken twice in one process exclude each other, as across
 // processes.
 func (s *Storage) Lock(ctx context.Context, name string) error {
-	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig) // Config returns a copy
 	if err != nil {
 		return fmt.Errorf("acmetls/postgres: lock %s: %w", name, err)
 	}
