@@ -183,6 +183,14 @@ func (m *Manager) init() error {
 	if m.ready.Load() {
 		return m.initErr
 	}
+	return m.initSlow()
+}
+
+// initSlow is init before setup has run; kept out of line, so that init's
+// fast path inlines into the handshake path.
+//
+//go:noinline
+func (m *Manager) initSlow() error {
 	m.initOnce.Do(m.setup)
 	return m.initErr
 }

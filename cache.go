@@ -49,6 +49,16 @@ func (i keyIndex) keyType() KeyType {
 // It allocates nothing.
 func (p *certPair) choose(hello *tls.ClientHelloInfo) *tls.Certificate {
 	vers := mutualVersion(hello.SupportedVersions)
+	if vers == tls.VersionTLS13 && p.ecdsaType == kiP256 && p.ecdsa != nil &&
+		offersScheme(hello.SignatureSchemes, tls.ECDSAWithP256AndSHA256) {
+		// Nearly every handshake; spelled out so that it inlines.
+		return p.ecdsa
+	}
+	return p.chooseAt(hello, vers)
+}
+
+// chooseAt is choose at the version the server will negotiate.
+func (p *certPair) chooseAt(hello *tls.ClientHelloInfo, vers uint16) *tls.Certificate {
 	if p.ecdsa != nil && supportsAt(hello, vers, p.ecdsaType) {
 		return p.ecdsa
 	}
@@ -107,14 +117,44 @@ func (p *certPair) set(kt KeyType, c *tls.Certificate) {
 // first that was not. A name in use is not evicted while the shard has
 // colder ones. When the cache is full and the inserting shard is empty, a
 // name is evicted from another shard.
+//
+// While the cache holds at most fewMax names, as a server with a handful
+// of sites does, a lookup compares the name with each of them instead of
+// hashing it (see fewNames).
 type cache struct {
+	few      atomic.Pointer[fewNames] // nil once the cache held more than fewMax names
 	seed     maphash.Seed
 	nshards  uint64
 	capacity int64
 	count    atomic.Int64 // names held, across shards
 	shards   []shard      // read by every lookup: kept dense
 	writers  []writer     // writers[i] serializes writes to shards[i]
+	fewMu    sync.Mutex   // serializes updates of few
 }
+
+// fewNames lists the slots of every cached name, while there are at most
+// fewMax. Comparing a short name with a few others costs less than hashing
+// it, so a small cache is searched without hashing (as Go's maps search
+// their first eight keys). The slots are those of the shards' published
+// tables: a hit marks the same slot a hashed lookup would. Each write to a
+// shard republishes the entries of that shard, under the shard's writer
+// lock, after publishing its table.
+//
+// Since the cache never shrinks, once it held more than fewMax names the
+// list is dropped for good, and lookups hash.
+type fewNames struct {
+	n       int
+	entries [fewMax]fewEntry
+}
+
+type fewEntry struct {
+	s     *slot
+	shard int32
+	wild  bool
+}
+
+// fewMax is the most names fewNames lists: as many as a map's small group.
+const fewMax = 8
 
 // shard is what a lookup reads: one table for exact names and one for
 // wildcards (keyed by the wildcard's parent).
@@ -181,6 +221,7 @@ func newCache(capacity int) *cache {
 		c.shards[i].exact.Store(emptyTable)
 		c.shards[i].wild.Store(emptyTable)
 	}
+	c.few.Store(new(fewNames))
 	return c
 }
 
@@ -216,15 +257,15 @@ func (c *cache) get(name string) *certPair { return c.lookup(name, false) }
 // normalized says name was normalized, a first label that is not plainly
 // valid (including an IDNA one, whose check is slow) is no hit.
 func (c *cache) lookup(name string, normalized bool) *certPair {
-	i, h := c.locate(name)
-	s := c.shards[i].exact.Load().find(h, name)
+	var s *slot
+	if few := c.few.Load(); few != nil {
+		s = few.find(name, false)
+	} else {
+		i, h := c.locate(name)
+		s = c.shards[i].exact.Load().find(h, name)
+	}
 	if s == nil {
-		label, parent, ok := splitFirstLabel(name)
-		if !ok || !normalized && !isNormalLabel(label) {
-			return nil
-		}
-		i, h = c.locate(parent)
-		if s = c.shards[i].wild.Load().find(h, parent); s == nil {
+		if s = c.lookupWildcard(name, normalized); s == nil {
 			return nil
 		}
 	}
@@ -232,6 +273,64 @@ func (c *cache) lookup(name string, normalized bool) *certPair {
 		s.ref.Store(true)
 	}
 	return &s.pair
+}
+
+// lookupWildcard returns the slot of the wildcard covering name, or nil.
+func (c *cache) lookupWildcard(name string, normalized bool) *slot {
+	label, parent, ok := splitFirstLabel(name)
+	if !ok || !normalized && !isNormalLabel(label) {
+		return nil
+	}
+	if few := c.few.Load(); few != nil {
+		return few.find(parent, true)
+	}
+	i, h := c.locate(parent)
+	return c.shards[i].wild.Load().find(h, parent)
+}
+
+// find returns the slot of key, or nil.
+func (f *fewNames) find(key string, wild bool) *slot {
+	for i := range f.n {
+		e := &f.entries[i]
+		if e.s.key == key && e.wild == wild {
+			return e.s
+		}
+	}
+	return nil
+}
+
+// syncFew republishes the list of few names after shard i's tables
+// changed; the caller holds the shard's writer lock.
+func (c *cache) syncFew(i int) {
+	c.fewMu.Lock()
+	defer c.fewMu.Unlock()
+	old := c.few.Load()
+	if old == nil {
+		return
+	}
+	next := new(fewNames)
+	for _, e := range old.entries[:old.n] {
+		if e.shard != int32(i) {
+			next.entries[next.n] = e
+			next.n++
+		}
+	}
+	sh := &c.shards[i]
+	for _, wild := range []bool{false, true} {
+		t := sh.table(wild)
+		for j := range t {
+			if t[j].key == "" {
+				continue
+			}
+			if next.n == fewMax {
+				c.few.Store(nil)
+				return
+			}
+			next.entries[next.n] = fewEntry{s: &t[j], shard: int32(i), wild: wild}
+			next.n++
+		}
+	}
+	c.few.Store(next)
 }
 
 // put publishes the certificate of type kt for name (a "*.parent" name is a
@@ -252,11 +351,13 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 		pair, ref = old.pair, old.ref.Load()
 	}
 	pair.set(kt, cert)
-	if old != nil {
-		return sh.publish(rk, h, &pair, ref, nil)
+	var victim *ringKey
+	if old == nil {
+		victim = c.insert(sh, w, rk)
 	}
-	victim := c.insert(sh, w, rk)
-	return sh.publish(rk, h, &pair, false, victim)
+	out := sh.publish(rk, h, &pair, ref, victim)
+	c.syncFew(i)
+	return out
 }
 
 func (sh *shard) table(wild bool) *table {
@@ -299,6 +400,7 @@ func (c *cache) stealOne(w *writer) {
 			sh := &c.shards[i]
 			j := o.clockHand(c, sh)
 			sh.dropKey(o.ring[j])
+			c.syncFew(i)
 			last := len(o.ring) - 1
 			o.ring[j] = o.ring[last]
 			o.ring = o.ring[:last]

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -67,13 +68,27 @@ func cachedManagerStaple(t testing.TB, capacity int, staple []byte, names ...str
 }
 
 // A cache hit allocates nothing, for either key type, for a wildcard hit,
-// and with a staple attached.
+// and with a staple attached, searched with and without hashing.
 func TestCacheHitAllocatesNothing(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		// -race instruments allocations; the run without it checks.
 		t.Log("allocation counts are checked without -race")
 	}
-	m := cachedManager(t, 0, "www.example.com")
+	few := cachedManager(t, 0, "www.example.com")
+	many := cachedManager(t, 0, "www.example.com")
+	for i := 0; i < 2*fewMax; i++ {
+		c := *many.cache.get("www.example.com")
+		many.cache.put(fmt.Sprintf("n%d.example.com", i), ECDSAP256, c.ecdsa)
+	}
+	if few.cache.few.Load() == nil || many.cache.few.Load() != nil {
+		t.Fatal("the two caches do not take the two lookup paths")
+	}
+	for _, m := range []*Manager{few, many} {
+		testCacheHitAllocatesNothing(t, m)
+	}
+}
+
+func testCacheHitAllocatesNothing(t *testing.T, m *Manager) {
 	for _, tc := range []struct {
 		name, sni string
 		client    *tls.Config
@@ -277,69 +292,133 @@ func TestWildcardHit(t *testing.T) {
 }
 
 // Replacing a name's certificate while handshakes read it: every read sees
-// a whole pair, the old one or the new one.
+// a whole pair, the old one or the new one. With few names, lookups go
+// through the list of few names, which each write republishes.
 func TestCacheHotSwapUnderReads(t *testing.T) {
-	c := newCache(1024)
-	a := selfSigned(t, ECDSAP256, "swap.example.com")
-	b := selfSigned(t, ECDSAP256, "swap.example.com")
-	r := selfSigned(t, RSA2048, "swap.example.com")
-	c.put("swap.example.com", ECDSAP256, a)
-	c.put("swap.example.com", RSA2048, r)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; i < 20_000; i++ {
-			cert := a
-			if i%2 == 0 {
-				cert = b
-			}
-			c.put("swap.example.com", ECDSAP256, cert)
-			c.put(fmt.Sprintf("other%d.example.com", i%300), RSA2048, r)
-		}
-	}()
-	for {
-		select {
-		case <-done:
-			return
-		default:
-		}
-		p := c.get("swap.example.com")
-		if p == nil {
-			t.Fatal("a cached name disappeared")
-		}
-		if (p.ecdsa != a && p.ecdsa != b) || p.rsa != r {
-			t.Fatalf("a read saw a partial pair: %+v", p)
-		}
-	}
-}
-
-// Evictions while other goroutines read: run with -race.
-func TestCacheEvictionUnderReads(t *testing.T) {
-	c := newCache(300)
-	cert := selfSigned(t, ECDSAP256, "x.example.com")
-	stop := make(chan struct{})
-	var reads atomic.Int64
-	for r := 0; r < 2; r++ {
-		go func() {
-			for i := 0; ; i++ {
+	for _, others := range []int{fewMax - 2, 300} {
+		t.Run(fmt.Sprintf("others=%d", others), func(t *testing.T) {
+			c := newCache(1024)
+			a := selfSigned(t, ECDSAP256, "swap.example.com")
+			b := selfSigned(t, ECDSAP256, "swap.example.com")
+			r := selfSigned(t, RSA2048, "swap.example.com")
+			c.put("swap.example.com", ECDSAP256, a)
+			c.put("swap.example.com", RSA2048, r)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 0; i < 20_000; i++ {
+					cert := a
+					if i%2 == 0 {
+						cert = b
+					}
+					c.put("swap.example.com", ECDSAP256, cert)
+					c.put(fmt.Sprintf("other%d.example.com", i%others), RSA2048, r)
+				}
+			}()
+			for {
 				select {
-				case <-stop:
+				case <-done:
+					if few := c.few.Load() != nil; few != (others < fewMax) {
+						t.Errorf("list of few names in use: %v, with %d names", few, others+1)
+					}
 					return
 				default:
 				}
-				if p := c.get(fmt.Sprintf("n%d.example.com", i%2000)); p != nil && p.ecdsa != cert {
-					panic("wrong certificate")
+				p := c.get("swap.example.com")
+				if p == nil {
+					t.Fatal("a cached name disappeared")
 				}
-				reads.Add(1)
+				if (p.ecdsa != a && p.ecdsa != b) || p.rsa != r {
+					t.Fatalf("a read saw a partial pair: %+v", p)
+				}
 			}
-		}()
+		})
 	}
-	for i := 0; i < 20_000; i++ {
-		c.put(fmt.Sprintf("n%d.example.com", i%2000), ECDSAP256, cert)
+}
+
+// Evictions while other goroutines read: run with -race. A cache of
+// capacity 4 evicts while it is searched through the list of few names.
+func TestCacheEvictionUnderReads(t *testing.T) {
+	for _, capacity := range []int{4, 300} {
+		t.Run(fmt.Sprintf("capacity=%d", capacity), func(t *testing.T) {
+			c := newCache(capacity)
+			cert := selfSigned(t, ECDSAP256, "x.example.com")
+			stop := make(chan struct{})
+			var reads atomic.Int64
+			var wg sync.WaitGroup
+			for r := 0; r < 2; r++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if p := c.get(fmt.Sprintf("n%d.example.com", i%2000)); p != nil && p.ecdsa != cert {
+							panic("wrong certificate")
+						}
+						reads.Add(1)
+					}
+				}()
+			}
+			for i := 0; i < 20_000; i++ {
+				c.put(fmt.Sprintf("n%d.example.com", i%2000), ECDSAP256, cert)
+			}
+			close(stop)
+			wg.Wait()
+			if n := c.len(); n > capacity {
+				t.Fatalf("%d names, capacity %d", n, capacity)
+			}
+			t.Logf("%d concurrent reads", reads.Load())
+		})
 	}
-	close(stop)
-	if n := c.len(); n > 300 {
-		t.Fatalf("%d names, capacity 300", n)
-	}
-	t.Logf("%d concurrent reads", reads.Load())
+}
+
+// A small cache is searched without hashing, through a list of its names
+// that every write keeps in step with the shards' tables: hits mark the
+// slots eviction reads, so a name in use survives any number of
+// insertions. Past fewMax names the list is dropped and lookups hash; every
+// name is found either way, exact and wildcard.
+func TestFewNames(t *testing.T) {
+	cert := selfSigned(t, ECDSAP256, "x.example.com")
+	t.Run("hot name survives", func(t *testing.T) {
+		c := newCache(3)
+		c.put("hot.example.com", ECDSAP256, cert)
+		for i := 0; i < 1000; i++ {
+			if c.get("hot.example.com") == nil {
+				t.Fatalf("hot name evicted after %d insertions", i)
+			}
+			c.put(fmt.Sprintf("n%d.example.com", i), ECDSAP256, cert)
+			if c.few.Load() == nil {
+				t.Fatal("a cache of 3 names dropped its list of few names")
+			}
+			if n, want := c.len(), min(i+2, 3); n != want {
+				t.Fatalf("cache holds %d names, want %d", n, want)
+			}
+		}
+	})
+	t.Run("switch to hashing", func(t *testing.T) {
+		c := newCache(1000)
+		c.put("*.wild.example.com", ECDSAP256, cert)
+		var names []string
+		for i := 0; len(names) < 2*fewMax; i++ {
+			names = append(names, fmt.Sprintf("s%d.example.com", i))
+			c.put(names[i], ECDSAP256, cert)
+			if few, want := c.few.Load() != nil, len(names)+1 <= fewMax; few != want {
+				t.Fatalf("with %d names, list of few names in use: %v", len(names)+1, few)
+			}
+			for _, n := range append(names, "shop.wild.example.com") {
+				if p := c.get(n); p == nil || p.ecdsa != cert {
+					t.Fatalf("with %d names, %s not found", len(names)+1, n)
+				}
+			}
+			for _, n := range []string{"s.example.com", "wild.example.com", "a.b.wild.example.com"} {
+				if c.get(n) != nil {
+					t.Fatalf("with %d names, %s found", len(names)+1, n)
+				}
+			}
+		}
+	})
 }

@@ -82,6 +82,16 @@ func mutualVersion(peer []uint16) uint16 {
 	return 0
 }
 
+// offersScheme reports whether the client lists the signature scheme s.
+func offersScheme(peer []tls.SignatureScheme, s tls.SignatureScheme) bool {
+	for _, x := range peer {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
 func anySignatureScheme(vers uint16, ki keyIndex, peer []tls.SignatureScheme) bool {
 	for _, s := range peer {
 		if signatureSchemeFits(vers, ki, s) {
