@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"log"
 	"net/http"
 
@@ -29,4 +30,17 @@ func Example() {
 	go func() { log.Fatal(http.ListenAndServe(":80", m.HTTPHandler(nil))) }()
 	srv := &http.Server{Addr: ":443", TLSConfig: m.TLSConfig()}
 	log.Fatal(srv.ListenAndServeTLS("", ""))
+}
+
+// A database administrator who keeps the right to create tables to
+// themselves makes the table once; the frontends' role then needs only
+// SELECT, INSERT, UPDATE and DELETE on it.
+func ExampleSchema() {
+	fmt.Println(postgres.Schema(""))
+	// Output:
+	// CREATE TABLE IF NOT EXISTS "acmetls_storage" (
+	// 	key      text COLLATE "C" PRIMARY KEY,
+	// 	value    bytea NOT NULL,
+	// 	modified timestamptz NOT NULL DEFAULT now()
+	// )
 }

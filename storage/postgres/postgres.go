@@ -65,9 +65,12 @@ func Open(ctx context.Context, connString string) (*Storage, error) {
 }
 
 // New returns a Storage in table ("" for DefaultTable) reached through
-// pool, creating the table if it does not exist. The pool stays the
-// caller's: Close does not close it. Locks do not take connections from
-// the pool; each held lock opens one with the pool's configuration.
+// pool, creating the table if it does not exist. A table that exists is
+// used as it is, so a role without the privilege to create tables can use
+// one its administrator made with the statement in [Schema]. The pool
+// stays the caller's: Close does not close it. Locks do not take
+// connections from the pool; each held lock opens one with the pool's
+// configuration.
 func New(ctx context.Context, pool *pgxpool.Pool, table string) (*Storage, error) {
 	if table == "" {
 		table = DefaultTable
@@ -78,17 +81,32 @@ func New(ctx context.Context, pool *pgxpool.Pool, table string) (*Storage, error
 		lockNS: "acmetls/" + table + "/",
 		held:   make(map[string]*pgx.Conn),
 	}
-	// COLLATE "C" orders keys bytewise, so that the keys under a prefix
-	// are one range of the primary key's index.
-	_, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+s.table+` (
-		key      text COLLATE "C" PRIMARY KEY,
-		value    bytea NOT NULL,
-		modified timestamptz NOT NULL DEFAULT now()
-	)`)
-	if err != nil {
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, s.table).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("acmetls/postgres: looking for table %s: %w", s.table, err)
+	}
+	if exists {
+		return s, nil
+	}
+	if _, err := pool.Exec(ctx, Schema(table)); err != nil {
 		return nil, fmt.Errorf("acmetls/postgres: creating table %s: %w", s.table, err)
 	}
 	return s, nil
+}
+
+// Schema returns the statement that creates table ("" for DefaultTable),
+// for administrators who make it themselves.
+func Schema(table string) string {
+	if table == "" {
+		table = DefaultTable
+	}
+	// COLLATE "C" orders keys bytewise, so that the keys under a prefix
+	// are one range of the primary key's index.
+	return `CREATE TABLE IF NOT EXISTS ` + pgx.Identifier{table}.Sanitize() + ` (
+	key      text COLLATE "C" PRIMARY KEY,
+	value    bytea NOT NULL,
+	modified timestamptz NOT NULL DEFAULT now()
+)`
 }
 
 // Close releases the locks this Storage holds and, if Open made its pool,

@@ -2,11 +2,16 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"io/fs"
 	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/acmetls/acmetls/internal/pgtest"
 	"github.com/acmetls/acmetls/storage"
@@ -58,6 +63,52 @@ func TestLockReleasedWithItsConnection(t *testing.T) {
 	}
 	if err := b.Unlock(ctx, "l"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A role that may read and write the table but not create tables uses the
+// table its administrator made.
+func TestTableMadeByAdministrator(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.DB(t)
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(ctx) })
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	role := "app_" + hex.EncodeToString(b[:])
+	for _, stmt := range []string{
+		Schema(""),
+		"CREATE ROLE " + role + " LOGIN",
+		"REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+		"GRANT USAGE ON SCHEMA public TO " + role,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON " + DefaultTable + " TO " + role,
+	} {
+		if _, err := admin.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t.Cleanup(func() {
+		if _, err := admin.Exec(ctx, "DROP OWNED BY "+role+"; DROP ROLE "+role); err != nil {
+			t.Error(err)
+		}
+	})
+	appURL := strings.Replace(url, "user=postgres", "user="+role, 1)
+	s, err := Open(ctx, appURL)
+	if err != nil {
+		t.Fatalf("Open as a role that cannot create tables: %v", err)
+	}
+	defer s.Close()
+	if err := s.Store(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Load(ctx, "k"); err != nil || string(v) != "v" {
+		t.Fatalf("Load = %q, %v", v, err)
+	}
+	if _, err := New(ctx, s.pool, "other"); err == nil || !strings.Contains(err.Error(), "creating table") {
+		t.Fatalf("New with a table the role may not create = %v", err)
 	}
 }
 
