@@ -60,6 +60,12 @@ const maxConcurrentOrders = 8
 // when [Manager.CacheCapacity] is zero.
 const DefaultCacheCapacity = 100_000
 
+// DefaultHSTSMaxAge is the HSTS max-age when [Manager.HSTSMaxAge] is zero:
+// the 60 days of Let's Encrypt's Integration Guide, short enough that a
+// name moved away from HTTPS recovers, long enough to protect returning
+// visitors.
+const DefaultHSTSMaxAge = 60 * 24 * time.Hour
+
 // Manager obtains, stores, caches and serves certificates. Its zero value
 // is usable: it talks to Let's Encrypt, keeps its state in the user's data
 // directory, issues ECDSA P-256 and RSA 2048 certificates, and serves only
@@ -126,6 +132,12 @@ type Manager struct {
 	// and every failure, from the goroutine where it happened. It must
 	// not block for long.
 	OnEvent func(Event)
+
+	// HSTSMaxAge is how long browsers are told, by the
+	// Strict-Transport-Security header that [Manager.HTTPSHandler] adds,
+	// to reach these names over HTTPS only. Zero means
+	// [DefaultHSTSMaxAge]; a negative value sends no header.
+	HSTSMaxAge time.Duration
 
 	// Logger receives the Manager's logs. Nil means no logs.
 	Logger *zap.Logger

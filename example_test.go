@@ -33,7 +33,9 @@ func ExampleManager() {
 	srv := &http.Server{
 		Addr:      ":443",
 		TLSConfig: m.TLSConfig(),
-		Handler:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "hello") }),
+		Handler: m.HTTPSHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { // HSTS
+			fmt.Fprintln(w, "hello")
+		})),
 	}
 	log.Fatal(srv.ListenAndServeTLS("", ""))
 }

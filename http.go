@@ -4,7 +4,9 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -43,6 +45,29 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 			w.Header().Set("Content-Type", "text/plain")
 			_, _ = w.Write([]byte(ka))
 		}
+	})
+}
+
+// HTTPSHandler wraps the handler of the HTTPS server so that its answers
+// carry a Strict-Transport-Security header of [Manager.HSTSMaxAge]: a
+// browser that once reached a name over HTTPS then refuses plain HTTP and
+// certificate errors for it. The header goes only on requests that came
+// over TLS, as RFC 6797 requires, and names no subdomains, which may be
+// served by others. A handler that sets the header itself overrides it.
+func (m *Manager) HTTPSHandler(h http.Handler) http.Handler {
+	if m.HSTSMaxAge < 0 {
+		return h
+	}
+	maxAge := m.HSTSMaxAge
+	if maxAge == 0 {
+		maxAge = DefaultHSTSMaxAge
+	}
+	value := []string{"max-age=" + strconv.FormatInt(int64(maxAge/time.Second), 10)}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil {
+			w.Header()["Strict-Transport-Security"] = value
+		}
+		h.ServeHTTP(w, r)
 	})
 }
 

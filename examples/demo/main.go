@@ -130,7 +130,7 @@ func run(ctx context.Context, out io.Writer, caURL, email, store, httpsAddr, htt
 		return c, err
 	}
 	httpsSrv := &http.Server{
-		Handler:   page(served),
+		Handler:   m.HTTPSHandler(page(served)), // HSTS
 		TLSConfig: tlsCfg,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)

@@ -53,11 +53,14 @@ func TestDemoWithOutsideClients(t *testing.T) {
 	args := strings.Fields(curlCmd)
 	cctx, ccancel := context.WithTimeout(ctx, time.Minute)
 	defer ccancel()
-	out, err := exec.CommandContext(cctx, args[0], append([]string{"--silent", "--show-error"}, args[1:]...)...).CombinedOutput()
+	out, err := exec.CommandContext(cctx, args[0], append([]string{"--silent", "--show-error", "--include"}, args[1:]...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", curlCmd, err, out)
 	}
 	page := string(out)
+	if !strings.Contains(strings.ToLower(page), "\nstrict-transport-security: max-age=5184000\r\n") {
+		t.Errorf("no HSTS header of 60 days:\n%s", page)
+	}
 	for _, want := range []string{"server name: localhost", "certificate: ECDSA, serial ", "not after 20"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q:\n%s", want, page)
