@@ -302,6 +302,9 @@ func (f *fewNames) find(key string, wild bool) *slot {
 // syncFew republishes the list of few names after shard i's tables
 // changed; the caller holds the shard's writer lock.
 func (c *cache) syncFew(i int) {
+	if c.few.Load() == nil {
+		return // for good: writers to a large cache share no lock
+	}
 	c.fewMu.Lock()
 	defer c.fewMu.Unlock()
 	old := c.few.Load()
