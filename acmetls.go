@@ -159,7 +159,7 @@ type Manager struct {
 	orders   chan struct{} // one token per order in flight
 	interned interner
 	denied   denials // names the on-demand policy refused
-	failing  denials // names without a certificate whose issuance backs off
+	failing  denials // first issuances backing off, by failingKey
 
 	mu      sync.RWMutex        // guards managed and account
 	managed map[string]struct{} // names given to ManageSync

@@ -2,6 +2,7 @@ package acmetls
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"strings"
@@ -261,5 +262,86 @@ func TestBackingOffNameSparesStorage(t *testing.T) {
 	}
 	if _, err := e.handshake(name, nil); err != nil {
 		t.Fatalf("after RetryNow: %v", err)
+	}
+}
+
+// A name served with an ECDSA certificate whose RSA issuance backs off (a
+// CA counts each certificate against its limits): RSA-only handshakes
+// fail without reading storage, ECDSA ones are served from memory, and the
+// admin's retry obtains the RSA certificate.
+func TestBackingOffKeyTypeSparesStorage(t *testing.T) {
+	t.Parallel()
+	var limited atomic.Bool
+	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
+		if limited.Load() && r.URL.Path == "/order-plz" {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+			w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many certificates for this domain"}`))
+			return true
+		}
+		return false
+	}})
+	const name = "dual.example.com"
+	e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Names: []string{name}}
+	})
+	if _, err := e.handshake(name, nil); err != nil {
+		t.Fatalf("ECDSA issuance: %v", err)
+	}
+	limited.Store(true)
+
+	st := &countingStorage{Storage: e.storage}
+	var now atomic.Pointer[time.Time]
+	start := time.Now()
+	now.Store(&start)
+	m := e.manager(func(m *Manager) {
+		m.Storage = st
+		m.OnDemand = &OnDemand{Names: []string{name}}
+		m.clock = func() time.Time { return *now.Load() }
+	})
+	for range 2 { // the first places the order, the second reads the backoff
+		if _, err := e.handshake(name, rsaOnlyTLS12); err == nil {
+			t.Fatal("RSA-only handshake succeeded while the CA refuses orders")
+		}
+	}
+	orders, reads := len(e.ca.Orders()), st.loads.Load()
+	for range 10 {
+		if _, err := e.handshake(name, rsaOnlyTLS12); err == nil {
+			t.Fatal("RSA-only handshake succeeded during the backoff")
+		}
+		cs, err := e.handshake(name, nil)
+		if err != nil {
+			t.Fatalf("ECDSA handshake during the RSA backoff: %v", err)
+		}
+		if got := cs.PeerCertificates[0].PublicKeyAlgorithm; got != x509.ECDSA {
+			t.Fatalf("served %v", got)
+		}
+	}
+	if n := st.loads.Load() - reads; n != 0 {
+		t.Errorf("20 handshakes during the RSA backoff read storage %d times, want 0", n)
+	}
+	if n := len(e.ca.Orders()) - orders; n != 0 {
+		t.Errorf("%d orders during the backoff", n)
+	}
+	later := start.Add(failingMemory + time.Second)
+	now.Store(&later)
+	if _, err := e.handshake(name, rsaOnlyTLS12); err == nil {
+		t.Fatal("RSA-only handshake succeeded during the backoff")
+	}
+	if st.loads.Load() == reads {
+		t.Error("storage was not read again after failingMemory")
+	}
+	limited.Store(false)
+	if err := m.RetryNow(context.Background(), name); err != nil {
+		t.Fatalf("RetryNow: %v", err)
+	}
+	cs, err := e.handshake(name, rsaOnlyTLS12)
+	if err != nil {
+		t.Fatalf("RSA-only handshake after RetryNow: %v", err)
+	}
+	if got := cs.PeerCertificates[0].PublicKeyAlgorithm; got != x509.RSA {
+		t.Fatalf("served %v", got)
 	}
 }

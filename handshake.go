@@ -57,15 +57,25 @@ func helloContext(hello *tls.ClientHelloInfo) context.Context {
 // getCertificateSlow serves a name the cache cannot: storage first, then
 // the CA.
 func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
-	if p := m.cache.lookup(name, true); p != nil {
-		if c := p.choose(hello); c != nil {
+	cached := m.cache.lookup(name, true)
+	if cached != nil {
+		if c := cached.choose(hello); c != nil {
 			return c, nil
 		}
 	}
-	// A name whose issuance is backing off, or that the policy recently
-	// denied, is not looked up again.
-	if err := m.failing.check(name, m.now()); err != nil {
-		return nil, err
+	// A certificate whose first issuance is backing off, or a name that
+	// the policy recently denied, is not looked up again.
+	key := name
+	if cached != nil {
+		key = ""
+		if kt := m.missingKeyType(hello, cached); kt != "" {
+			key = failingKey(name, cached, kt)
+		}
+	}
+	if key != "" {
+		if err := m.failing.check(key, m.now()); err != nil {
+			return nil, err
+		}
 	}
 	if !m.isManaged(name) {
 		if err := m.denied.check(name, time.Now()); err != nil {
@@ -95,16 +105,17 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 	c, err := m.certFor(ctx, name, kt)
 	if err != nil {
 		var bo *backingOffError
-		if p == nil && errors.As(err, &bo) {
-			// Storage holds nothing for name, and the CA may not be
-			// asked yet: later handshakes fail without reading storage,
-			// for a while. Briefly, as another frontend may obtain it.
+		if errors.As(err, &bo) {
+			// Storage holds no certificate of this type, and the CA may
+			// not be asked yet: later handshakes that need it fail
+			// without reading storage, for a while. Briefly, as another
+			// frontend may obtain it.
 			now := m.now()
-			m.failing.remember(name, err, minTime(bo.next, now.Add(failingMemory)))
+			m.failing.remember(failingKey(name, p, kt), err, minTime(bo.next, now.Add(failingMemory)))
 		}
 		return nil, err
 	}
-	cached := m.cache.get(name)
+	cached = m.cache.get(name)
 	for _, other := range m.keyTypes() {
 		if other != kt && (cached == nil || cached.get(other) == nil) {
 			m.obtains.Go(ctx, name+"/"+string(other), func(ctx context.Context) (*tls.Certificate, error) {
@@ -113,6 +124,27 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 		}
 	}
 	return c, nil
+}
+
+// failingKey is the key under which failing remembers a failed first
+// issuance of kt for name, while p is cached for it: the name alone when
+// nothing is, so that no handshake for it reads storage; the name and the
+// key type otherwise, so that only the clients that need that type wait.
+func failingKey(name string, p *certPair, kt KeyType) string {
+	if p == nil {
+		// Nothing to serve any client: one key for the name.
+		return name
+	}
+	return name + "/" + string(kt)
+}
+
+// forgetFailing forgets the failed first issuances of name, of every key
+// type.
+func (m *Manager) forgetFailing(name string) {
+	m.failing.forget(name)
+	for _, kt := range m.keyTypes() {
+		m.failing.forget(name + "/" + string(kt))
+	}
 }
 
 // loadStored reads every key type of name from storage into the cache.

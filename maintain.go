@@ -443,7 +443,7 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	m.failing.forget(name)
+	m.forgetFailing(name)
 	var errs []error
 	for _, kt := range m.keyTypes() {
 		st, err := m.loadState(ctx, name, kt)

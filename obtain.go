@@ -74,7 +74,7 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 	if st.Failures > 0 {
 		m.clearState(ctx, name, kt)
 	}
-	m.failing.forget(name)
+	m.forgetFailing(name)
 	m.emit(Event{Kind: EventObtained, ServerName: name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
 	return m.cacheCert(ctx, name, kt, c, ri)
 }
