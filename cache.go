@@ -133,9 +133,9 @@ type cache struct {
 }
 
 // fewNames lists the slots of every cached name, while there are at most
-// fewMax. Comparing a short name with a few others costs less than hashing
-// it, so a small cache is searched without hashing (as Go's maps search
-// their first eight keys). The slots are those of the shards' published
+// fewMax. Comparing a name with a few others costs less than hashing it
+// (maphash.String is three calls deep), so a small cache is searched
+// without hashing. The slots are those of the shards' published
 // tables: a hit marks the same slot a hashed lookup would. Each write to a
 // shard republishes the entries of that shard, under the shard's writer
 // lock, after publishing its table.

@@ -62,10 +62,10 @@ func (m *Manager) HTTPSHandler(h http.Handler) http.Handler {
 	if maxAge == 0 {
 		maxAge = DefaultHSTSMaxAge
 	}
-	value := []string{"max-age=" + strconv.FormatInt(int64(maxAge/time.Second), 10)}
+	value := "max-age=" + strconv.FormatInt(int64(maxAge/time.Second), 10)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS != nil {
-			w.Header()["Strict-Transport-Security"] = value
+			w.Header().Set("Strict-Transport-Security", value)
 		}
 		h.ServeHTTP(w, r)
 	})
