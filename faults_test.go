@@ -205,16 +205,7 @@ func TestCAFailure(t *testing.T) {
 func TestBackingOffNameSparesStorage(t *testing.T) {
 	t.Parallel()
 	var limited atomic.Bool
-	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
-		if limited.Load() && r.URL.Path == "/order-plz" {
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.Header().Set("Retry-After", "3600")
-			w.WriteHeader(http.StatusTooManyRequests)
-			w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently"}`))
-			return true
-		}
-		return false
-	}})
+	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(&limited)})
 	st := &countingStorage{Storage: e.storage}
 	var now atomic.Pointer[time.Time]
 	start := time.Now()
@@ -272,16 +263,7 @@ func TestBackingOffNameSparesStorage(t *testing.T) {
 func TestBackingOffKeyTypeSparesStorage(t *testing.T) {
 	t.Parallel()
 	var limited atomic.Bool
-	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
-		if limited.Load() && r.URL.Path == "/order-plz" {
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.Header().Set("Retry-After", "3600")
-			w.WriteHeader(http.StatusTooManyRequests)
-			w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many certificates for this domain"}`))
-			return true
-		}
-		return false
-	}})
+	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(&limited)})
 	const name = "dual.example.com"
 	e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
@@ -343,5 +325,20 @@ func TestBackingOffKeyTypeSparesStorage(t *testing.T) {
 	}
 	if got := cs.PeerCertificates[0].PublicKeyAlgorithm; got != x509.RSA {
 		t.Fatalf("served %v", got)
+	}
+}
+
+// refuseOrders answers new orders with a rate-limit problem and a
+// Retry-After of an hour while limited holds.
+func refuseOrders(limited *atomic.Bool) func(http.ResponseWriter, *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if !limited.Load() || r.URL.Path != "/order-plz" {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.Header().Set("Retry-After", "3600")
+		w.WriteHeader(http.StatusTooManyRequests)
+		w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently"}`))
+		return true
 	}
 }
