@@ -410,7 +410,7 @@ func (m *Manager) allowed(ctx context.Context, name string) error {
 	if od == nil {
 		return fmt.Errorf("%w: %q (set Manager.OnDemand or call ManageSync)", ErrNotManaged, name)
 	}
-	if err := m.denied.check(name, time.Now()); err != nil {
+	if err := m.denied.check(name, m.now()); err != nil {
 		return err
 	}
 	od.once.Do(func() {
@@ -431,7 +431,7 @@ func (m *Manager) allowed(ctx context.Context, name string) error {
 		}
 		err = fmt.Errorf("acmetls: on-demand policy denied %q: %w", name, err)
 	}
-	m.denied.remember(name, err, time.Now().Add(od.denialTTL()))
+	m.denied.remember(name, err, m.now().Add(od.denialTTL()))
 	return err
 }
 

@@ -78,7 +78,7 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 		}
 	}
 	if !m.isManaged(name) {
-		if err := m.denied.check(name, time.Now()); err != nil {
+		if err := m.denied.check(name, m.now()); err != nil {
 			return nil, err
 		}
 	}

@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/storage"
 )
 
 func TestOnDemandConcurrentFirstHandshakes(t *testing.T) {
@@ -161,5 +163,39 @@ func TestHandshakeWaiterHonoursContext(t *testing.T) {
 	waitFor(t, "the order to finish", func() bool { return e.ca.FinalizationsFor("slow.example.com", "ECDSA") == 1 })
 	if _, err := e.handshake("slow.example.com", nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A denial is remembered for DenialTTL on the Manager's clock, the one its
+// backoff state runs on: the policy is asked again once it has passed.
+func TestDenialExpiresOnTheManagersClock(t *testing.T) {
+	var decisions atomic.Int32
+	var now atomic.Pointer[time.Time]
+	start := time.Now()
+	now.Store(&start)
+	m := &Manager{
+		Storage: &storage.Memory{},
+		OnDemand: &OnDemand{DenialTTL: time.Hour, Decision: func(context.Context, string) error {
+			decisions.Add(1)
+			return errors.New("not a customer")
+		}},
+		clock: func() time.Time { return *now.Load() },
+	}
+	hello := &tls.ClientHelloInfo{ServerName: "prospect.example.com", SupportedVersions: []uint16{tls.VersionTLS13}}
+	for range 3 {
+		if _, err := m.GetCertificate(hello); err == nil {
+			t.Fatal("a denied name was served")
+		}
+	}
+	if n := decisions.Load(); n != 1 {
+		t.Fatalf("Decision called %d times within DenialTTL, want 1", n)
+	}
+	later := start.Add(time.Hour + time.Second)
+	now.Store(&later)
+	if _, err := m.GetCertificate(hello); err == nil {
+		t.Fatal("a denied name was served")
+	}
+	if n := decisions.Load(); n != 2 {
+		t.Fatalf("Decision called %d times after DenialTTL, want 2", n)
 	}
 }
