@@ -205,7 +205,7 @@ func TestCAFailure(t *testing.T) {
 func TestBackingOffNameSparesStorage(t *testing.T) {
 	t.Parallel()
 	var limited atomic.Bool
-	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(&limited)})
+	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(&limited, "3600")})
 	st := &countingStorage{Storage: e.storage}
 	var now atomic.Pointer[time.Time]
 	start := time.Now()
@@ -263,7 +263,7 @@ func TestBackingOffNameSparesStorage(t *testing.T) {
 func TestBackingOffKeyTypeSparesStorage(t *testing.T) {
 	t.Parallel()
 	var limited atomic.Bool
-	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(&limited)})
+	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(&limited, "3600")})
 	const name = "dual.example.com"
 	e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
@@ -328,15 +328,15 @@ func TestBackingOffKeyTypeSparesStorage(t *testing.T) {
 	}
 }
 
-// refuseOrders answers new orders with a rate-limit problem and a
-// Retry-After of an hour while limited holds.
-func refuseOrders(limited *atomic.Bool) func(http.ResponseWriter, *http.Request) bool {
+// refuseOrders answers new orders with a rate-limit problem and
+// retryAfter (seconds) while limited holds; a nil limited always holds.
+func refuseOrders(limited *atomic.Bool, retryAfter string) func(http.ResponseWriter, *http.Request) bool {
 	return func(w http.ResponseWriter, r *http.Request) bool {
-		if !limited.Load() || r.URL.Path != "/order-plz" {
+		if limited != nil && !limited.Load() || r.URL.Path != "/order-plz" {
 			return false
 		}
 		w.Header().Set("Content-Type", "application/problem+json")
-		w.Header().Set("Retry-After", "3600")
+		w.Header().Set("Retry-After", retryAfter)
 		w.WriteHeader(http.StatusTooManyRequests)
 		w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently"}`))
 		return true

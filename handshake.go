@@ -220,10 +220,10 @@ type denial struct {
 // maxDenials bounds the memory a flood of random names can take.
 const maxDenials = 10_000
 
-// failingMemory is how long a frontend answers handshakes for a name whose
-// first issuance backs off without looking at storage: at most one
-// storage read per name and minute, and a certificate another frontend
-// obtained meanwhile is served within a minute.
+// failingMemory is how long a frontend answers handshakes that wait on a
+// first issuance that backs off without looking at storage: at most one
+// storage read per name (and key type) and minute, and a certificate
+// another frontend obtained meanwhile is served within a minute.
 const failingMemory = time.Minute
 
 func (d *denials) check(name string, now time.Time) error {

@@ -305,16 +305,7 @@ func TestRenewFailureScheduleAndRetryNow(t *testing.T) {
 // A CA's Retry-After on a 429 is a floor on the next attempt.
 func TestRetryAfterIsHonoured(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path != "/order-plz" {
-			return false
-		}
-		w.Header().Set("Content-Type", "application/problem+json")
-		w.Header().Set("Retry-After", "7200")
-		w.WriteHeader(http.StatusTooManyRequests)
-		w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"slow down"}`))
-		return true
-	}})
+	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(nil, "7200")})
 	var evs events
 	m := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256}; m.OnEvent = evs.add })
 	start := time.Now()
