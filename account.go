@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
@@ -133,11 +134,47 @@ func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account,
 	return &a, nil
 }
 
-// unlock releases a storage lock even when the work's context has ended.
-func (m *Manager) unlock(name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := m.store.Unlock(ctx, name); err != nil {
-		m.logger().Error("releasing storage lock", zap.String("lock", name), zap.Error(err))
+// isAccountGone reports whether the CA answered that it does not know the
+// account, or that it was deactivated: the CA's database was reset, or an
+// operator deactivated it.
+func isAccountGone(err error) bool {
+	var p acme.Problem
+	if !errors.As(err, &p) {
+		return false
 	}
+	return p.Type == acme.ProblemTypeAccountDoesNotExist ||
+		p.Type == acme.ProblemTypeUnauthorized && strings.Contains(strings.ToLower(p.Detail), "deactivated")
+}
+
+// recoverAccount replaces the account the CA no longer knows (gone, after
+// the failure cause) with a new one, registered once for every process
+// sharing the storage: under the account lock, the stored account is read
+// again, and used if another process already replaced it. The event
+// (EventAccountReplaced) names the name whose order found out.
+func (m *Manager) recoverAccount(ctx context.Context, name string, gone *acme.Account, cause error) (*acme.Account, error) {
+	a, err := m.accounts.Do(ctx, "recover "+gone.Location, func(ctx context.Context) (*acme.Account, error) {
+		key := storage.AccountKey(m.ca(), m.Email)
+		lock := storage.AccountLockName(m.ca(), m.Email)
+		if err := m.store.Lock(ctx, lock); err != nil {
+			return nil, fmt.Errorf("acmetls: locking account: %w", err)
+		}
+		defer m.unlock(lock)
+		if a, err := m.loadAccount(ctx, key); err == nil && a.Location != gone.Location {
+			return a, nil // another process registered it already
+		}
+		a, err := m.createAccount(ctx, key)
+		if err == nil {
+			m.emit(Event{Kind: EventAccountReplaced, ServerName: name, Err: cause})
+		}
+		return a, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("acmetls: registering a new account after %v: %w", cause, err)
+	}
+	m.mu.Lock()
+	if m.account == nil || m.account.Location == gone.Location {
+		m.account = a
+	}
+	m.mu.Unlock()
+	return a, nil
 }

@@ -31,6 +31,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -142,7 +143,7 @@ type Manager struct {
 	// Logger receives the Manager's logs. Nil means no logs.
 	Logger *zap.Logger
 
-	clock    func() time.Time // nil: time.Now; tests set it
+	clock    clock // nil: the wall clock; tests set it
 	ocspHTTP *http.Client
 	sched    schedule
 
@@ -158,8 +159,11 @@ type Manager struct {
 	chal     challenges
 	orders   chan struct{} // one token per order in flight
 	interned interner
-	denied   denials // names the on-demand policy refused
-	failing  denials // first issuances backing off, by failingKey
+	names    storedNames  // which names storage holds
+	denied   recentErrors // names the on-demand policy refused, by name
+	failing  recentErrors // first issuances backing off, by failingKey
+	unsaved  unsaved      // writes storage refused
+	confErr  configErr    // the last configuration error
 
 	mu      sync.RWMutex        // guards managed and account
 	managed map[string]struct{} // names given to ManageSync
@@ -219,6 +223,7 @@ func (m *Manager) setup() {
 		return
 	}
 	m.cache = newCache(m.cacheCapacity())
+	m.names.seed = maphash.MakeSeed()
 	m.orders = make(chan struct{}, maxConcurrentOrders)
 	m.sched.wake = make(chan struct{}, 1)
 	m.sched.limit.PerHour = m.RenewPerHour
@@ -338,7 +343,7 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 		m.managed[name] = struct{}{}
 	}
 	m.mu.Unlock()
-	errs = append(errs, m.forEach(normalized, func(name string) error {
+	errs = append(errs, m.forEach(normalized, 4*runtime.GOMAXPROCS(0), func(name string) error {
 		var errs []error
 		for _, kt := range m.keyTypes() {
 			if _, err := m.certFor(ctx, name, kt); err != nil {
@@ -350,11 +355,11 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 	return errors.Join(errs...)
 }
 
-// forEach calls fn for every name from a few goroutines, so that loading
-// many names from storage overlaps its waits and uses every core, and
-// joins the errors. Orders to the CA are bounded separately.
-func (m *Manager) forEach(names []string, fn func(name string) error) error {
-	workers := min(len(names), 4*runtime.GOMAXPROCS(0))
+// forEach calls fn for every name from at most workers goroutines, so that
+// loading many names from storage overlaps its waits and uses every core,
+// and joins the errors. Orders to the CA are bounded separately.
+func (m *Manager) forEach(names []string, workers int, fn func(name string) error) error {
+	workers = min(len(names), workers)
 	next := make(chan string)
 	errc := make(chan error, workers)
 	for w := 0; w < workers; w++ {
@@ -401,7 +406,7 @@ func (m *Manager) isManaged(name string) bool {
 }
 
 // allowed reports whether a certificate may be obtained for name, and why
-// not.
+// not. A denial by OnDemand.Decision is remembered for DenialTTL.
 func (m *Manager) allowed(ctx context.Context, name string) error {
 	if m.isManaged(name) {
 		return nil
@@ -409,9 +414,6 @@ func (m *Manager) allowed(ctx context.Context, name string) error {
 	od := m.OnDemand
 	if od == nil {
 		return fmt.Errorf("%w: %q (set Manager.OnDemand or call ManageSync)", ErrNotManaged, name)
-	}
-	if err := m.denied.check(name, m.now()); err != nil {
-		return err
 	}
 	od.once.Do(func() {
 		od.names = make(map[string]struct{}, len(od.Names))
@@ -424,19 +426,21 @@ func (m *Manager) allowed(ctx context.Context, name string) error {
 	if _, ok := od.names[name]; ok {
 		return nil
 	}
-	err := fmt.Errorf("%w: %q", ErrNotManaged, name)
-	if od.Decision != nil {
-		if err = od.Decision(ctx, name); err == nil {
-			return nil
-		}
-		err = fmt.Errorf("acmetls: on-demand policy denied %q: %w", name, err)
+	if od.Decision == nil {
+		return fmt.Errorf("%w: %q", ErrNotManaged, name)
 	}
+	err := od.Decision(ctx, name)
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("acmetls: on-demand policy denied %q: %w", name, err)
 	m.denied.remember(name, err, m.now().Add(od.denialTTL()))
 	return err
 }
 
+// denialTTL is how long a denial is remembered; od may be nil.
 func (od *OnDemand) denialTTL() time.Duration {
-	if od.DenialTTL > 0 {
+	if od != nil && od.DenialTTL > 0 {
 		return od.DenialTTL
 	}
 	return time.Minute

@@ -170,7 +170,7 @@ func TestCacheEvictionBound(t *testing.T) {
 func TestUnknownNameFloodIsBounded(t *testing.T) {
 	m := &Manager{Storage: &storage.Memory{}, OnDemand: &OnDemand{Names: []string{"only.example.com"}}}
 	hello := &tls.ClientHelloInfo{SupportedVersions: []uint16{tls.VersionTLS13}}
-	n := 3 * maxDenials
+	n := 3 * maxRecentErrors
 	for i := 0; i < n; i++ {
 		hello.ServerName = fmt.Sprintf("r%d.example.com", i)
 		if _, err := m.GetCertificate(hello); err == nil {
@@ -181,10 +181,10 @@ func TestUnknownNameFloodIsBounded(t *testing.T) {
 		t.Errorf("cache holds %d names", got)
 	}
 	m.denied.mu.Lock()
-	d := len(m.denied.byName)
+	d := len(m.denied.byKey)
 	m.denied.mu.Unlock()
-	if d > maxDenials {
-		t.Errorf("%d denials remembered, bound %d", d, maxDenials)
+	if d > maxRecentErrors {
+		t.Errorf("%d denials remembered, bound %d", d, maxRecentErrors)
 	}
 	_ = context.Background
 }

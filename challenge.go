@@ -37,7 +37,10 @@ type solver struct{ m *Manager }
 
 var _ acmez.Solver = solver{}
 
-// Present publishes the answer in memory and in storage.
+// Present publishes the answer in memory and in storage. An answer storage
+// refuses fails the challenge before the CA is asked to validate: in a
+// fleet, the CA may reach a frontend that could not read it, and a failed
+// validation counts against the CA's limits.
 func (s solver) Present(ctx context.Context, chal acme.Challenge) error {
 	rec := storage.ChallengeRecord{
 		Type:             chal.Type,
@@ -78,22 +81,28 @@ func (s solver) Present(ctx context.Context, chal acme.Challenge) error {
 // CleanUp withdraws the answer from memory and storage.
 func (s solver) CleanUp(ctx context.Context, chal acme.Challenge) error {
 	c := &s.m.chal
-	c.mu.Lock()
-	delete(c.http, chal.Token)
-	delete(c.alpn, chal.Identifier.Value)
-	c.mu.Unlock()
 	switch chal.Type {
 	case acme.ChallengeTypeHTTP01:
+		c.mu.Lock()
+		delete(c.http, chal.Token)
+		c.mu.Unlock()
 		return s.m.store.Delete(ctx, storage.HTTPChallengeKey(chal.Token))
 	case acme.ChallengeTypeTLSALPN01:
+		c.mu.Lock()
+		delete(c.alpn, chal.Identifier.Value)
+		c.mu.Unlock()
 		return s.m.store.Delete(ctx, storage.TLSALPNChallengeKey(chal.Identifier.Value))
 	}
 	return nil
 }
 
 // httpAnswer returns the key authorization for an http-01 token, from
-// memory and then from storage.
+// memory and then from storage. A string that cannot be a token is no
+// pending challenge, without a storage read.
 func (m *Manager) httpAnswer(ctx context.Context, token string) (string, error) {
+	if !storage.ValidToken(token) {
+		return "", errNoChallenge
+	}
 	m.chal.mu.RLock()
 	ka, ok := m.chal.http[token]
 	m.chal.mu.RUnlock()
@@ -105,7 +114,7 @@ func (m *Manager) httpAnswer(ctx context.Context, token string) (string, error) 
 		return "", err
 	}
 	if rec.Token != token {
-		return "", fmt.Errorf("acmetls: stored http-01 answer is for another token")
+		return "", errNoChallenge // a record for a token that differs in case only
 	}
 	return rec.KeyAuthorization, nil
 }

@@ -25,8 +25,14 @@ const (
 	// still served. Attempt and NextAttempt tell the backoff.
 	EventRenewFailed EventKind = "renew_failed"
 	// EventRevoked: the certificate's OCSP responder says it is revoked;
-	// it is replaced at once, and served until the replacement is in.
+	// it is replaced at once, and served, without a staple, until the
+	// replacement is in.
 	EventRevoked EventKind = "revoked"
+	// EventAccountReplaced: the CA no longer knew the ACME account (its
+	// database was reset, or the account was deactivated), so a new one
+	// was registered and the order of ServerName placed again. Err is
+	// the CA's answer about the old account.
+	EventAccountReplaced EventKind = "account_replaced"
 )
 
 // Event reports what happened to one certificate, to [Manager.OnEvent].
@@ -39,7 +45,11 @@ type Event struct {
 	// of the one still served after a failed renewal.
 	NotAfter time.Time
 	// Attempt counts the failures in a row, the one reported included;
-	// NextAttempt is when the next attempt may start.
+	// NextAttempt is when the next attempt may start. Attempt is zero
+	// for a configuration error (terms not agreed, the CA's certificate
+	// not trusted), which is not counted against the name: every name
+	// fails alike until the configuration is fixed, and a restart with
+	// it fixed tries at once.
 	Attempt     int
 	NextAttempt time.Time
 	// Err is the failure. It wraps the CA's problem document
@@ -56,22 +66,34 @@ func (e Event) String() string {
 	return s
 }
 
-// emit delivers e to OnEvent and logs it: Info for successes, Error for
-// failures, with the CA's problem type and detail when there is one.
+// emit delivers e to OnEvent and logs it: Info for successes, Warn for a
+// replaced account, Error for failures, with the CA's problem type and
+// detail when there is one.
 func (m *Manager) emit(e Event) {
 	log := m.logger().Named("renew")
-	fields := []zap.Field{zap.String("server_name", e.ServerName), zap.String("key_type", string(e.KeyType))}
+	fields := []zap.Field{zap.String("server_name", e.ServerName)}
+	if e.KeyType != "" {
+		fields = append(fields, zap.String("key_type", string(e.KeyType)))
+	}
 	if !e.NotAfter.IsZero() {
 		fields = append(fields, zap.Time("not_after", e.NotAfter))
 	}
 	if e.Err != nil {
-		fields = append(fields, zap.Int("attempt", e.Attempt), zap.Time("next_attempt", e.NextAttempt), zap.Error(e.Err))
+		if e.Kind != EventAccountReplaced {
+			fields = append(fields, zap.Int("attempt", e.Attempt), zap.Time("next_attempt", e.NextAttempt))
+		}
+		fields = append(fields, zap.Error(e.Err))
 		var p acme.Problem
 		if errors.As(e.Err, &p) {
 			fields = append(fields, zap.String("problem_type", p.Type), zap.String("problem_detail", p.Detail))
 		}
+	}
+	switch {
+	case e.Kind == EventAccountReplaced:
+		log.Warn(string(e.Kind), fields...)
+	case e.Err != nil:
 		log.Error(string(e.Kind), fields...)
-	} else {
+	default:
 		log.Info(string(e.Kind), fields...)
 	}
 	if m.OnEvent != nil {

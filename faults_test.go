@@ -207,14 +207,12 @@ func TestBackingOffNameSparesStorage(t *testing.T) {
 	var limited atomic.Bool
 	e := newEnv(t, acmetest.Options{Intercept: refuseOrders(&limited, "3600")})
 	st := &countingStorage{Storage: e.storage}
-	var now atomic.Pointer[time.Time]
-	start := time.Now()
-	now.Store(&start)
+	clock := newFakeClock(time.Now())
 	const name = "misdirected.example.com"
 	m := e.manager(func(m *Manager) {
 		m.Storage = st
 		m.OnDemand = &OnDemand{Names: []string{name}}
-		m.clock = func() time.Time { return *now.Load() }
+		m.clock = clock
 	})
 	limited.Store(true)
 	if _, err := e.handshake(name, nil); err == nil {
@@ -238,8 +236,7 @@ func TestBackingOffNameSparesStorage(t *testing.T) {
 	}
 	// A minute later storage is read again: another frontend may have
 	// obtained the certificate. (Here none has: still backing off.)
-	later := start.Add(failingMemory + time.Second)
-	now.Store(&later)
+	clock.Add(failingMemory + time.Second)
 	if _, err := e.handshake(name, nil); err == nil {
 		t.Fatal("handshake succeeded during the backoff")
 	}
@@ -275,13 +272,11 @@ func TestBackingOffKeyTypeSparesStorage(t *testing.T) {
 	limited.Store(true)
 
 	st := &countingStorage{Storage: e.storage}
-	var now atomic.Pointer[time.Time]
-	start := time.Now()
-	now.Store(&start)
+	clock := newFakeClock(time.Now())
 	m := e.manager(func(m *Manager) {
 		m.Storage = st
 		m.OnDemand = &OnDemand{Names: []string{name}}
-		m.clock = func() time.Time { return *now.Load() }
+		m.clock = clock
 	})
 	for range 2 { // the first places the order, the second reads the backoff
 		if _, err := e.handshake(name, rsaOnlyTLS12); err == nil {
@@ -307,8 +302,7 @@ func TestBackingOffKeyTypeSparesStorage(t *testing.T) {
 	if n := len(e.ca.Orders()) - orders; n != 0 {
 		t.Errorf("%d orders during the backoff", n)
 	}
-	later := start.Add(failingMemory + time.Second)
-	now.Store(&later)
+	clock.Add(failingMemory + time.Second)
 	if _, err := e.handshake(name, rsaOnlyTLS12); err == nil {
 		t.Fatal("RSA-only handshake succeeded during the backoff")
 	}

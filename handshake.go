@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"sync"
-	"time"
 )
 
 // GetCertificate returns the certificate for a TLS handshake; use it as
@@ -55,7 +53,9 @@ func helloContext(hello *tls.ClientHelloInfo) context.Context {
 }
 
 // getCertificateSlow serves a name the cache cannot: storage first, then
-// the CA.
+// the CA. A name that is neither managed nor stored (as far as the listing
+// of stored names tells) is put to the on-demand policy before anything
+// else, so a refusal reads no storage.
 func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
 	cached := m.cache.lookup(name, true)
 	if cached != nil {
@@ -63,44 +63,54 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 			return c, nil
 		}
 	}
-	// A certificate whose first issuance is backing off, or a name that
-	// the policy recently denied, is not looked up again.
-	key := name
-	if cached != nil {
-		key = ""
-		if kt := m.missingKeyType(hello, cached); kt != "" {
-			key = failingKey(name, cached, kt)
-		}
-	}
-	if key != "" {
-		if err := m.failing.check(key, m.now()); err != nil {
-			return nil, err
-		}
-	}
-	if !m.isManaged(name) {
-		if err := m.denied.check(name, m.now()); err != nil {
-			return nil, err
-		}
-	}
-	p, err := m.loads.Do(ctx, name, func(ctx context.Context) (*certPair, error) {
-		return m.loadStored(ctx, name)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if p != nil {
-		if c := p.choose(hello); c != nil {
-			return c, nil
-		}
-	}
-	kt := m.missingKeyType(hello, p)
-	if kt == "" {
+	now := m.now()
+	kt := m.missingKeyType(hello, cached)
+	if cached != nil && kt == "" {
 		// Every configured type is cached, and the fast check accepted
 		// none: let crypto/tls decide, and fail with its own error.
-		return fallbackChoice(hello, p)
+		return fallbackChoice(hello, cached)
 	}
-	if err := m.allowed(ctx, name); err != nil {
+	// A first issuance backing off is not looked up again for a while.
+	if err := m.failing.check(failingKey(name, cached, kt), now); err != nil {
 		return nil, err
+	}
+	managed, decided := m.isManaged(name), false
+	if !managed {
+		if err := m.denied.check(name, now); err != nil {
+			return nil, err
+		}
+		if cached == nil && !m.mayBeStored(name) {
+			// Only the policy can make this name servable.
+			if err := m.allowed(ctx, name); err != nil {
+				return nil, err
+			}
+			decided = true
+		}
+	}
+	p := cached
+	if !decided {
+		var err error
+		p, err = m.loads.Do(ctx, name, func(ctx context.Context) (*certPair, error) {
+			return m.loadStored(ctx, name)
+		})
+		if err != nil {
+			return nil, err
+		}
+		if p != nil {
+			if c := p.choose(hello); c != nil {
+				return c, nil
+			}
+		}
+		if kt = m.missingKeyType(hello, p); kt == "" {
+			return fallbackChoice(hello, p)
+		}
+		if !managed {
+			if err := m.allowed(ctx, name); err != nil {
+				// Storage was read for it: remember the refusal.
+				m.denied.remember(name, err, now.Add(m.OnDemand.denialTTL()))
+				return nil, err
+			}
+		}
 	}
 	c, err := m.certFor(ctx, name, kt)
 	if err != nil {
@@ -110,7 +120,6 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 			// not be asked yet: later handshakes that need it fail
 			// without reading storage, for a while. Briefly, as another
 			// frontend may obtain it.
-			now := m.now()
 			m.failing.remember(failingKey(name, p, kt), err, minTime(bo.next, now.Add(failingMemory)))
 		}
 		return nil, err
@@ -124,27 +133,6 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 		}
 	}
 	return c, nil
-}
-
-// failingKey is the key under which failing remembers a failed first
-// issuance of kt for name, while p is cached for it: the name alone when
-// nothing is, so that no handshake for it reads storage; the name and the
-// key type otherwise, so that only the clients that need that type wait.
-func failingKey(name string, p *certPair, kt KeyType) string {
-	if p == nil {
-		// Nothing to serve any client: one key for the name.
-		return name
-	}
-	return name + "/" + string(kt)
-}
-
-// forgetFailing forgets the failed first issuances of name, of every key
-// type.
-func (m *Manager) forgetFailing(name string) {
-	m.failing.forget(name)
-	for _, kt := range m.keyTypes() {
-		m.failing.forget(name + "/" + string(kt))
-	}
 }
 
 // loadStored reads every key type of name from storage into the cache.
@@ -203,53 +191,4 @@ func fallbackChoice(hello *tls.ClientHelloInfo, p *certPair) (*tls.Certificate, 
 		}
 	}
 	return nil, fmt.Errorf("acmetls: client for %q supports none of the certificate key types: %w", hello.ServerName, firstErr)
-}
-
-// denials remembers names the on-demand policy refused, briefly, so that a
-// flood of handshakes for unknown names costs one decision each.
-type denials struct {
-	mu     sync.Mutex // guards byName
-	byName map[string]denial
-}
-
-type denial struct {
-	err   error
-	until time.Time
-}
-
-// maxDenials bounds the memory a flood of random names can take.
-const maxDenials = 10_000
-
-// failingMemory is how long a frontend answers handshakes that wait on a
-// first issuance that backs off without looking at storage: at most one
-// storage read per name (and key type) and minute, and a certificate
-// another frontend obtained meanwhile is served within a minute.
-const failingMemory = time.Minute
-
-func (d *denials) check(name string, now time.Time) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if e, ok := d.byName[name]; ok {
-		if now.Before(e.until) {
-			return e.err
-		}
-		delete(d.byName, name)
-	}
-	return nil
-}
-
-// forget drops what is remembered of name.
-func (d *denials) forget(name string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.byName, name)
-}
-
-func (d *denials) remember(name string, err error, until time.Time) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.byName == nil || len(d.byName) >= maxDenials {
-		d.byName = make(map[string]denial)
-	}
-	d.byName[name] = denial{err: err, until: until}
 }

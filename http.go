@@ -39,7 +39,8 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 		case errors.Is(err, errNoChallenge):
 			http.NotFound(w, r)
 		case err != nil:
-			m.logger().Named("challenge").Warn("answering http-01", zap.Error(err))
+			// The token is a valid one, of bounded length.
+			m.logger().Named("challenge").Warn("answering http-01", zap.String("token", token), zap.Error(err))
 			http.Error(w, "challenge answer unavailable", http.StatusServiceUnavailable)
 		default:
 			w.Header().Set("Content-Type", "text/plain")

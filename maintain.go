@@ -80,13 +80,6 @@ func (t *tracked) ariCert() *x509.Certificate {
 	}
 }
 
-func (m *Manager) now() time.Time {
-	if m.clock != nil {
-		return m.clock()
-	}
-	return time.Now()
-}
-
 func (m *Manager) renewConcurrency() int {
 	if m.RenewConcurrency > 0 {
 		return m.RenewConcurrency
@@ -131,7 +124,7 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 func (s *schedule) schedule(t *tracked, now time.Time) {
 	ari := &t.ari
 	due := renew.Due(t.notBefore, t.notAfter, ari, now)
-	t.due = renew.Spread(t.String(), due, t.notAfter, renewSpread)
+	t.due = renew.Start(t.String(), due, t.notBefore, t.notAfter, renewSpread)
 	if !due.After(now) && ari.Window.Valid() && !now.Before(ari.Window.End) {
 		t.due = now // the CA wants it replaced now: no spreading
 	}
@@ -172,17 +165,21 @@ func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	slots := make(chan struct{}, m.renewConcurrency())
-	timer := time.NewTimer(0)
-	defer timer.Stop()
+	timer, stop := m.newTimer(0)
 	for {
 		select {
 		case <-ctx.Done():
+			stop()
 			return nil
-		case <-timer.C:
+		case <-timer:
 		case <-m.sched.wake:
+			stop()
+		}
+		if m.unsaved.len() > 0 {
+			m.flushUnsaved(ctx)
 		}
 		next := m.maintain(ctx, &wg, slots)
-		timer.Reset(jitter(next.Sub(m.now())))
+		timer, stop = m.newTimer(jitter(next.Sub(m.now())))
 	}
 }
 
@@ -251,20 +248,6 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 	return next
 }
 
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
 // pollARI reads a certificate's renewal information and requeues it.
 func (m *Manager) pollARI(ctx context.Context, t *tracked) {
 	ctx, note := withRetryAfterNote(ctx)
@@ -303,40 +286,38 @@ func (m *Manager) tracked(name string, kt KeyType) *tracked {
 	return m.sched.certs[trackKey{name: name, kt: indexOf(kt)}]
 }
 
-// errBackingOff is returned when an attempt is not allowed yet.
-var errBackingOff = errors.New("acmetls: backing off after failures")
-
-// backingOffError is errBackingOff for one name and key type, with the
-// time of the next attempt.
-type backingOffError struct {
-	next time.Time
-	msg  string
-}
-
-func (e *backingOffError) Error() string        { return e.msg }
-func (e *backingOffError) Is(target error) bool { return target == errBackingOff }
-
 // renew replaces t's certificate: storage first (another process may have
 // renewed it), then the CA, with "replaces" naming the old certificate.
+// force skips the backoff (an admin's retry). When ctx ends (Run
+// returning), the renewal stops and nothing is recorded: a shutdown is not
+// a failure.
 func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
 	defer cancel()
 	kt := t.keyType()
-	st, err := m.loadState(ctx, t.name, kt)
+	st, err := m.mayAttempt(ctx, t.name, kt)
+	var bo *backingOffError
+	switch {
+	case errors.As(err, &bo) && !force:
+		m.requeue(t, bo.next)
+		return err
+	case err != nil && bo == nil:
+		m.requeue(t, m.now().Add(renew.Backoff(1)))
+		return err
+	}
+	release, err := m.orderSlot(ctx, t.name)
+	if err != nil {
+		m.requeue(t, m.now())
+		return err
+	}
+	defer release()
+	l, err := m.lock(ctx, t.name)
 	if err != nil {
 		m.requeue(t, m.now().Add(renew.Backoff(1)))
 		return err
 	}
-	if !force && !st.MayAttempt(m.now()) {
-		m.requeue(t, st.NextAttempt)
-		return errBackingOff
-	}
-	lock := storage.CertLockName(t.name, string(kt))
-	if err := m.store.Lock(ctx, lock); err != nil {
-		m.requeue(t, m.now().Add(renew.Backoff(1)))
-		return fmt.Errorf("acmetls: locking %s: %w", lock, err)
-	}
-	defer m.unlock(lock)
+	defer l.release()
 	// Storage first: a sibling may have renewed while we waited.
 	if c, rec, err := m.readCert(ctx, t.name, kt); err == nil && c != nil && string(c.Leaf.SerialNumber.Bytes()) != t.serial {
 		if _, err := m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo); err == nil {
@@ -344,22 +325,17 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 		}
 	}
 	ctx, note := withRetryAfterNote(ctx)
-	c, ri, err := m.obtain(ctx, t.name, kt, t.ariCert())
-	now := m.now()
+	c, rec, err := m.obtain(ctx, t.name, kt, t.ariCert())
 	if err != nil {
-		st = st.Failed(now, err.Error(), problemType(err), note.get())
-		if serr := m.saveState(ctx, t.name, kt, st); serr != nil {
-			err = errors.Join(err, serr)
+		if isShutdown(parent) {
+			m.requeue(t, m.now())
+			return err
 		}
-		m.requeue(t, st.NextAttempt)
-		m.emit(Event{Kind: EventRenewFailed, ServerName: t.name, KeyType: kt, NotAfter: t.notAfter,
-			Attempt: st.Failures, NextAttempt: st.NextAttempt, Err: err})
+		m.requeue(t, m.failed(ctx, EventRenewFailed, t.name, kt, st, err, note.get(), t.notAfter))
 		return err
 	}
-	if st.Failures > 0 {
-		m.clearState(ctx, t.name, kt)
-	}
-	if _, err := m.cacheCert(ctx, t.name, kt, c, ri); err != nil {
+	m.succeeded(ctx, t.name, kt, st)
+	if _, err := m.install(ctx, l, t.name, kt, c, rec, t.serial); err != nil {
 		return err
 	}
 	m.emit(Event{Kind: EventRenewed, ServerName: t.name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
@@ -383,55 +359,6 @@ func (m *Manager) reschedule(t *tracked, set func(*tracked)) {
 	}
 }
 
-// problemType returns the CA's problem type in err, or "".
-func problemType(err error) string {
-	var p acme.Problem
-	if errors.As(err, &p) {
-		return p.Type
-	}
-	return ""
-}
-
-// stateKey is where the renewal state of a certificate lives in storage.
-func stateKey(name string, kt KeyType) string {
-	return storage.Prefix + "/state/" + storage.Safe(name) + "/" + storage.Safe(string(kt)) + ".json"
-}
-
-// loadState reads the renewal state of a certificate; none is the zero
-// state.
-func (m *Manager) loadState(ctx context.Context, name string, kt KeyType) (renew.State, error) {
-	b, err := m.store.Load(ctx, stateKey(name, kt))
-	if errors.Is(err, fs.ErrNotExist) {
-		return renew.State{}, nil
-	}
-	if err != nil {
-		return renew.State{}, fmt.Errorf("acmetls: loading renewal state of %q: %w", name, err)
-	}
-	var st renew.State
-	if err := json.Unmarshal(b, &st); err != nil {
-		m.logger().Named("renew").Error("corrupt renewal state; starting over", zapName(name), zapErr(err))
-		return renew.State{}, nil
-	}
-	return st, nil
-}
-
-func (m *Manager) saveState(ctx context.Context, name string, kt KeyType, st renew.State) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if err := m.store.Store(ctx, stateKey(name, kt), b); err != nil {
-		return fmt.Errorf("acmetls: storing renewal state of %q: %w", name, err)
-	}
-	return nil
-}
-
-func (m *Manager) clearState(ctx context.Context, name string, kt KeyType) {
-	if err := m.store.Delete(ctx, stateKey(name, kt)); err != nil {
-		m.logger().Named("renew").Warn("clearing renewal state", zapName(name), zapErr(err))
-	}
-}
-
 // RetryNow clears the backoff of name's certificates and tries at once:
 // a renewal for a certificate the Manager holds, a first issuance for one
 // it could not obtain. It returns the attempt's error.
@@ -444,6 +371,7 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 		return err
 	}
 	m.forgetFailing(name)
+	m.rememberConfigError(nil, time.Time{})
 	var errs []error
 	for _, kt := range m.keyTypes() {
 		st, err := m.loadState(ctx, name, kt)
@@ -452,9 +380,13 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 			continue
 		}
 		if st.Failures > 0 {
-			if err := m.saveState(ctx, name, kt, st.RetryNow()); err != nil {
-				errs = append(errs, err)
-				continue
+			b, err := json.Marshal(st.RetryNow())
+			if err == nil {
+				err = m.write(ctx, storage.StateKey(name, string(kt)), b, name, kt)
+			}
+			if err != nil {
+				// Kept in memory: this process retries regardless.
+				m.logger().Named("renew").Warn("storing renewal state", zapName(name), zapErr(err))
 			}
 		}
 		if t := m.tracked(name, kt); t != nil {
@@ -467,22 +399,28 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 }
 
 // RetryAll calls RetryNow for every name whose last attempt failed, as
-// the renewal states in storage say.
+// the renewal states in storage say, RenewConcurrency at a time.
 func (m *Manager) RetryAll(ctx context.Context) error {
 	if err := m.init(); err != nil {
 		return err
 	}
-	keys, err := m.store.List(ctx, storage.Prefix+"/state", false)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	keys, err := m.store.List(ctx, storage.StatesDir, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("acmetls: listing renewal states: %w", err)
 	}
-	var errs []error
+	seen := make(map[string]bool)
+	var names []string
 	for _, k := range keys {
-		name := k[strings.LastIndexByte(k, '/')+1:]
-		errs = append(errs, m.RetryNow(ctx, name))
+		if name := k[strings.LastIndexByte(k, '/')+1:]; !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
 	}
-	return errors.Join(errs...)
+	for _, name := range m.unsaved.stateNames() {
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	return m.forEach(names, m.renewConcurrency(), func(name string) error { return m.RetryNow(ctx, name) })
 }

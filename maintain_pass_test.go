@@ -29,7 +29,7 @@ func (s *countingStorage) Load(ctx context.Context, key string) ([]byte, error) 
 func trackedManager(tb testing.TB, n int, now time.Time) (*Manager, *countingStorage) {
 	tb.Helper()
 	st := &countingStorage{Storage: &storage.Memory{}}
-	m := &Manager{Storage: st, clock: func() time.Time { return now }}
+	m := &Manager{Storage: st, clock: newFakeClock(now)}
 	if err := m.init(); err != nil {
 		tb.Fatal(err)
 	}

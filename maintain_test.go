@@ -20,26 +20,6 @@ import (
 	"github.com/acmetls/acmetls/storage"
 )
 
-// fakeClock is a clock tests move by hand.
-type fakeClock struct {
-	mu  sync.Mutex // guards now
-	now time.Time
-}
-
-func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	c.now = t
-	c.mu.Unlock()
-}
-
 // events collects a Manager's events.
 type events struct {
 	mu  sync.Mutex // guards all
@@ -155,7 +135,7 @@ func TestRunRenewsWhenARIWindowIsPast(t *testing.T) {
 	var evs events
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
-		m.clock = clock.Now
+		m.clock = clock
 		m.OnEvent = evs.add
 	})
 	const name = "ari.example.com"
@@ -212,7 +192,7 @@ func TestRenewFailureScheduleAndRetryNow(t *testing.T) {
 	newManager := func() *Manager {
 		return e.manager(func(m *Manager) {
 			m.KeyTypes = []KeyType{ECDSAP256}
-			m.clock = clock.Now
+			m.clock = clock
 			m.OnEvent = evs.add
 			m.Logger = zap.New(core)
 		})

@@ -13,18 +13,34 @@ import (
 // certificate for. Such a name never becomes a storage key and never
 // reaches the CA.
 type NameError struct {
-	Name   string // as received, possibly not valid UTF-8
+	Name   string // as received, possibly not valid UTF-8, cut at about 1 KB
 	Reason string
 }
 
-// Error names the server name and why it is refused.
+// Error names the server name, at most its first maxQuoted bytes, and
+// why it is refused.
 func (e *NameError) Error() string {
-	return fmt.Sprintf("acmetls: invalid server name %q: %s", e.Name, e.Reason)
+	return fmt.Sprintf("acmetls: invalid server name %s: %s", quoteName(e.Name), e.Reason)
+}
+
+// quoteName quotes at most the first maxQuoted bytes of name, and says how
+// long it was when it is longer: a client's bytes never fill a log line.
+func quoteName(name string) string {
+	if len(name) <= maxQuoted {
+		return fmt.Sprintf("%q", name)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", name[:maxQuoted], len(name))
 }
 
 const (
 	maxNameLen  = 253
 	maxLabelLen = 63
+	// maxRawNameLen bounds a name as received, before IDNA: an
+	// internationalized name of 253 bytes in ASCII is at most a few times
+	// longer in UTF-8. Anything longer is refused before any other work.
+	maxRawNameLen = 4 * maxNameLen
+	// maxQuoted is the most of a refused name an error quotes.
+	maxQuoted = 100
 )
 
 // normalizeName turns a server name as sent in SNI or given by an operator
@@ -40,10 +56,21 @@ func normalizeName(name string) (string, error) {
 }
 
 func normalizeSlow(raw string) (string, error) {
-	bad := func(reason string) (string, error) { return "", &NameError{Name: raw, Reason: reason} }
+	bad := func(reason string) (string, error) {
+		if len(raw) > maxRawNameLen {
+			raw = raw[:maxRawNameLen] // the error keeps no more of it
+		}
+		if len(reason) > 2*maxQuoted {
+			reason = strings.ToValidUTF8(reason[:2*maxQuoted], "") + "..." // IDNA errors quote labels
+		}
+		return "", &NameError{Name: raw, Reason: reason}
+	}
 	name := raw
 	if name == "" {
 		return bad("empty (the client sent no SNI)")
+	}
+	if len(name) > maxRawNameLen {
+		return bad(fmt.Sprintf("%d bytes long; a host name has at most %d", len(name), maxNameLen))
 	}
 	if _, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
 		return bad("an IP address; only DNS names are served")

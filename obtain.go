@@ -23,60 +23,100 @@ import (
 	"github.com/acmetls/acmetls/storage"
 )
 
-// obtainTimeout bounds one issuance: lock, order, validation, download.
+// obtainTimeout bounds one issuance: order slot, lock, order, validation,
+// download.
 const obtainTimeout = 5 * time.Minute
 
 // loadOrObtain returns the certificate of name for kt from storage, or
-// obtains it from the CA: under the storage lock for the name and key type,
-// storage is read again, so processes sharing storage place one order.
-// Failures back off as the renewal state in storage says. The result is
+// obtains it from the CA: with an order slot, then under the storage lock
+// of the name, storage is read again, so processes sharing storage place
+// one order. Failures back off as the renewal state says. The result is
 // cached and maintained.
+//
+// Until the order is placed, the work ends when ctx does (every handshake
+// waiting for it gone): nothing is recorded. Once placed, the order runs
+// to its end, so that a slow CA and impatient clients never make an order
+// per attempt.
 func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
 	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
 	defer cancel()
 	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
 		return c, err
 	}
-	st, err := m.loadState(ctx, name, kt)
+	if _, err := m.mayAttempt(ctx, name, kt); err != nil {
+		return nil, err
+	}
+	release, err := m.orderSlot(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	if !st.MayAttempt(m.now()) {
-		return nil, &backingOffError{next: st.NextAttempt, msg: fmt.Sprintf("%v: %q (%s) failed %d times, next attempt at %s: %s",
-			errBackingOff, name, kt, st.Failures, st.NextAttempt.Format(time.RFC3339), st.LastError)}
+	defer release()
+	l, err := m.lock(ctx, name)
+	if err != nil {
+		return nil, err
 	}
-	lock := storage.CertLockName(name, string(kt))
-	m.logger().Named("obtain").Debug("taking storage lock", zap.String("lock", lock))
-	if err := m.store.Lock(ctx, lock); err != nil {
-		return nil, fmt.Errorf("acmetls: locking %s: %w", lock, err)
-	}
-	defer m.unlock(lock)
+	defer l.release()
+	// Another process may have obtained it, or failed, while we waited.
 	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
 		return c, err
 	}
-	select {
-	case m.orders <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("acmetls: waiting to order a certificate for %q: %w", name, ctx.Err())
-	}
-	ctx, note := withRetryAfterNote(ctx)
-	c, ri, err := m.obtain(ctx, name, kt, nil)
-	<-m.orders
+	st, err := m.mayAttempt(ctx, name, kt)
 	if err != nil {
-		st = st.Failed(m.now(), err.Error(), problemType(err), note.get())
-		if serr := m.saveState(ctx, name, kt, st); serr != nil {
-			err = errors.Join(err, serr)
-		}
-		m.emit(Event{Kind: EventObtainFailed, ServerName: name, KeyType: kt,
-			Attempt: st.Failures, NextAttempt: st.NextAttempt, Err: err})
 		return nil, err
 	}
-	if st.Failures > 0 {
-		m.clearState(ctx, name, kt)
+	deadline, _ := ctx.Deadline()
+	ctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	ctx, note := withRetryAfterNote(ctx)
+	c, rec, err := m.obtain(ctx, name, kt, nil)
+	if err != nil {
+		m.failed(ctx, EventObtainFailed, name, kt, st, err, note.get(), time.Time{})
+		return nil, err
 	}
-	m.forgetFailing(name)
+	m.succeeded(ctx, name, kt, st)
+	cc, err := m.install(ctx, l, name, kt, c, rec, "")
+	if err != nil {
+		return nil, err
+	}
 	m.emit(Event{Kind: EventObtained, ServerName: name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
-	return m.cacheCert(ctx, name, kt, c, ri)
+	return cc, nil
+}
+
+// install persists a certificate just obtained under lock l, then caches
+// and tracks it, and returns its compact form; replacing is the serial
+// (big-endian bytes) of the certificate it renews, "" for a first one. If
+// the lock was lost meanwhile (another process may have ordered too),
+// storage is read again under the lock retaken, and a certificate stored
+// there that is not the one replaced wins: every process then serves the
+// same one. A certificate storage refuses is kept
+// in memory and served (see unsaved).
+func (m *Manager) install(ctx context.Context, l *heldLock, name string, kt KeyType, c *tls.Certificate, rec *storage.CertRecord, replacing string) (*tls.Certificate, error) {
+	log := m.logger().Named("obtain")
+	if err := l.verify(ctx); err != nil {
+		log.Warn("storage lock lost while ordering; another process may have ordered too, re-reading storage",
+			zapName(name), zapKeyType(kt), zap.String("lock", l.name), zapErr(err))
+		if err := l.retake(ctx); err == nil {
+			stored, srec, err := m.readStored(ctx, name, kt)
+			if err == nil && stored != nil && m.now().Before(stored.Leaf.NotAfter) &&
+				string(stored.Leaf.SerialNumber.Bytes()) != replacing {
+				log.Info("serving the certificate another process stored", zapName(name), zapKeyType(kt),
+					zap.String("serial", stored.Leaf.SerialNumber.Text(16)),
+					zap.String("discarded_serial", c.Leaf.SerialNumber.Text(16)))
+				m.names.add(name)
+				return m.cacheCert(ctx, name, kt, stored, srec.RenewalInfo)
+			}
+		}
+	}
+	b, err := rec.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.write(ctx, storage.CertKey(name, string(kt)), b, name, kt); err != nil {
+		log.Error("storing certificate; serving it from memory and retrying the write",
+			zapName(name), zapKeyType(kt), zapErr(err))
+	}
+	m.names.add(name)
+	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo)
 }
 
 // loadCert reads, checks, caches and tracks the stored certificate of name
@@ -96,11 +136,23 @@ func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.C
 	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo)
 }
 
-// readCert reads and checks the stored certificate of name for kt, with
-// its leaf parsed. A missing or corrupt record is nil and no error.
+// readCert reads and checks the certificate of name for kt, with its leaf
+// parsed: one storage refused to take first, else the stored one. A
+// missing or corrupt record is nil and no error.
 func (m *Manager) readCert(ctx context.Context, name string, kt KeyType) (*tls.Certificate, *storage.CertRecord, error) {
 	key := storage.CertKey(name, string(kt))
+	b, err := m.read(ctx, key)
+	return m.decodeCert(ctx, key, b, err, name, kt)
+}
+
+// readStored is readCert from storage alone.
+func (m *Manager) readStored(ctx context.Context, name string, kt KeyType) (*tls.Certificate, *storage.CertRecord, error) {
+	key := storage.CertKey(name, string(kt))
 	b, err := m.store.Load(ctx, key)
+	return m.decodeCert(ctx, key, b, err, name, kt)
+}
+
+func (m *Manager) decodeCert(ctx context.Context, key string, b []byte, err error, name string, kt KeyType) (*tls.Certificate, *storage.CertRecord, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
 	}
@@ -165,11 +217,13 @@ func (m *Manager) certFromRecord(ctx context.Context, b []byte, name string, kt 
 	return c, rec, nil
 }
 
-// obtain orders a certificate for name with a new key of type kt and stores
-// it; replaces, if not nil, is the certificate it renews (RFC 9773's
-// "replaces"). It returns the certificate, with its leaf, and the renewal
-// information the CA gave. The caller holds the storage lock.
-func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces *x509.Certificate) (*tls.Certificate, json.RawMessage, error) {
+// obtain orders a certificate for name with a new key of type kt;
+// replaces, if not nil, is the certificate it renews (RFC 9773's
+// "replaces"). It returns the certificate, with its leaf, and its record,
+// not yet stored. If the CA no longer knows the account, a new one is
+// registered and the order placed once more. The caller holds the name's
+// storage lock.
+func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces *x509.Certificate) (*tls.Certificate, *storage.CertRecord, error) {
 	account, err := m.getAccount(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -182,13 +236,12 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 	if err != nil {
 		return nil, nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
 	}
-	params, err := acmez.OrderParametersFromCSR(*account, csr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("acmetls: order for %q: %w", name, err)
+	chains, err := m.order(ctx, account, csr, replaces)
+	if isAccountGone(err) {
+		if account, err = m.recoverAccount(ctx, name, account, err); err == nil {
+			chains, err = m.order(ctx, account, csr, replaces)
+		}
 	}
-	params.Replaces = replaces
-	client := acmez.Client{Client: m.client, ChallengeSolvers: m.solvers()}
-	chains, err := client.ObtainCertificate(ctx, params)
 	if err != nil {
 		return nil, nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w", name, err)
 	}
@@ -205,7 +258,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 		return nil, nil, fmt.Errorf("acmetls: the CA's certificate for %q: %w", name, err)
 	}
 	m.interned.chain(c.Certificate)
-	rec := storage.CertRecord{
+	rec := &storage.CertRecord{
 		Names:    []string{name},
 		KeyType:  string(kt),
 		KeyPEM:   keyPEM,
@@ -218,17 +271,21 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 	if chain.RenewalInfo != nil {
 		rec.RenewalInfo, _ = json.Marshal(chain.RenewalInfo)
 	}
-	b, err := rec.Marshal()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := m.store.Store(ctx, storage.CertKey(name, string(kt)), b); err != nil {
-		return nil, nil, fmt.Errorf("acmetls: storing certificate for %q: %w", name, err)
-	}
 	m.logger().Named("obtain").Info("obtained certificate", zapName(name), zapKeyType(kt),
 		zap.String("serial", c.Leaf.SerialNumber.Text(16)), zap.Time("not_after", c.Leaf.NotAfter),
 		zap.Bool("renewal", replaces != nil))
-	return c, rec.RenewalInfo, nil
+	return c, rec, nil
+}
+
+// order places one order for csr with account and returns the chains.
+func (m *Manager) order(ctx context.Context, account *acme.Account, csr *x509.CertificateRequest, replaces *x509.Certificate) ([]acme.Certificate, error) {
+	params, err := acmez.OrderParametersFromCSR(*account, csr)
+	if err != nil {
+		return nil, err
+	}
+	params.Replaces = replaces
+	client := acmez.Client{Client: m.client, ChallengeSolvers: m.solvers()}
+	return client.ObtainCertificate(ctx, params)
 }
 
 // pickChain returns the first chain whose certificates name preferred as

@@ -170,16 +170,14 @@ func TestHandshakeWaiterHonoursContext(t *testing.T) {
 // backoff state runs on: the policy is asked again once it has passed.
 func TestDenialExpiresOnTheManagersClock(t *testing.T) {
 	var decisions atomic.Int32
-	var now atomic.Pointer[time.Time]
-	start := time.Now()
-	now.Store(&start)
+	clock := newFakeClock(time.Now())
 	m := &Manager{
 		Storage: &storage.Memory{},
 		OnDemand: &OnDemand{DenialTTL: time.Hour, Decision: func(context.Context, string) error {
 			decisions.Add(1)
 			return errors.New("not a customer")
 		}},
-		clock: func() time.Time { return *now.Load() },
+		clock: clock,
 	}
 	hello := &tls.ClientHelloInfo{ServerName: "prospect.example.com", SupportedVersions: []uint16{tls.VersionTLS13}}
 	for range 3 {
@@ -190,8 +188,7 @@ func TestDenialExpiresOnTheManagersClock(t *testing.T) {
 	if n := decisions.Load(); n != 1 {
 		t.Fatalf("Decision called %d times within DenialTTL, want 1", n)
 	}
-	later := start.Add(time.Hour + time.Second)
-	now.Store(&later)
+	clock.Add(time.Hour + time.Second)
 	if _, err := m.GetCertificate(hello); err == nil {
 		t.Fatal("a denied name was served")
 	}

@@ -52,6 +52,14 @@ func (t retryAfterTransport) RoundTrip(r *http.Request) (*http.Response, error) 
 	return resp, err
 }
 
+// CloseIdleConnections closes the idle connections of the transport
+// underneath, so that http.Client.CloseIdleConnections reaches it.
+func (t retryAfterTransport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // parseRetryAfter reads a Retry-After header: seconds, or an HTTP date.
 func parseRetryAfter(v string, now time.Time) (time.Time, bool) {
 	if v == "" {

@@ -24,11 +24,6 @@ const minStapleRefresh = 5 * time.Second
 // obtained; Run retries later what did not come in time.
 const stapleFetchTimeout = 5 * time.Second
 
-// stapleKey is where the current staple of a certificate lives in storage.
-func stapleKey(name string, kt KeyType) string {
-	return storage.Prefix + "/ocsp/" + storage.Safe(name) + "/" + storage.Safe(string(kt)) + ".der"
-}
-
 // stapling is when a certificate's staple is next fetched (zero: the
 // certificate names no responder) and until when the one attached is good
 // (zero: none attached).
@@ -67,7 +62,7 @@ func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tl
 		cc.OCSPStaple = der
 		return stapling{next: m.stapleRefresh(r, now), until: r.NextUpdate}
 	}
-	if der, err := m.store.Load(ctx, stapleKey(name, kt)); err == nil {
+	if der, err := m.store.Load(ctx, storage.StapleKey(name, string(kt))); err == nil {
 		if r, err := ocsp.Check(der, c.Leaf, issuer, now); err == nil && ocsp.Stapleable(r, now) {
 			return attach(r, der), nil, false
 		}
@@ -111,7 +106,7 @@ func (m *Manager) fetchStaple(ctx context.Context, name string, kt KeyType, leaf
 		return nil, nil, err
 	}
 	if r.Status == ocsp.Good {
-		if err := m.store.Store(ctx, stapleKey(name, kt), der); err != nil {
+		if err := m.store.Store(ctx, storage.StapleKey(name, string(kt)), der); err != nil {
 			m.logger().Named("ocsp").Warn("storing staple", zapName(name), zapErr(err))
 		}
 	}

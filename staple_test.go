@@ -98,7 +98,7 @@ func TestStapleKeptUntilNextUpdate(t *testing.T) {
 	t.Parallel()
 	e, resp := ocspEnv(t, time.Hour)
 	clock := newFakeClock(time.Now())
-	m := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256}; m.clock = clock.Now })
+	m := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256}; m.clock = clock })
 	if err := m.ManageSync(context.Background(), "keep.example.com"); err != nil {
 		t.Fatal(err)
 	}

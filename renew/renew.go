@@ -91,10 +91,19 @@ func NextPoll(retryAfter, now time.Time) time.Time {
 	return retryAfter
 }
 
+// Deadline returns the latest instant a certificate valid from notBefore
+// to notAfter starts renewing, whatever the CA's window says: a tenth of
+// its lifetime before it expires, so that a renewal that fails, or a
+// handshake that fetches the renewed certificate, still has time.
+func Deadline(notBefore, notAfter time.Time) time.Time {
+	return notAfter.Add(-notAfter.Sub(notBefore) / 10)
+}
+
 // Due returns when a certificate is due for renewal: the instant picked in
 // the CA's window when there is one (a window already past means now, as
 // when the CA wants the certificate replaced at once), else the lifetime
-// ratio. An instant picked after the certificate expires is ignored.
+// ratio. An instant picked after the certificate expires is ignored; one
+// picked past the Deadline is the Deadline.
 func Due(notBefore, notAfter time.Time, ari *ARI, now time.Time) time.Time {
 	ratio := RatioTime(notBefore, notAfter)
 	if ari == nil || !ari.Window.Valid() || ari.Selected.IsZero() {
@@ -106,7 +115,18 @@ func Due(notBefore, notAfter time.Time, ari *ARI, now time.Time) time.Time {
 	if !ari.Selected.Before(notAfter) {
 		return ratio
 	}
-	return ari.Selected
+	return minTime(ari.Selected, Deadline(notBefore, notAfter))
+}
+
+// Start returns when a certificate due at due starts renewing: due spread
+// over window by key (see Spread), but never past its Deadline unless due
+// already is.
+func Start(key string, due, notBefore, notAfter time.Time, window time.Duration) time.Time {
+	latest := Deadline(notBefore, notAfter)
+	if due.After(latest) {
+		latest = due
+	}
+	return minTime(Spread(key, due, notAfter, window), latest)
 }
 
 // Spread returns when a certificate due at due should start renewing: due

@@ -1,6 +1,7 @@
 package renew
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -115,6 +116,7 @@ func TestDue(t *testing.T) {
 		{"ARI later than the ratio", ari(64*day, 66*day, 65*day), t0.Add(65 * day)},
 		{"window already past: now", ari(-2*day, 29*day, 28*day), now},
 		{"pick after expiry: the ratio", ari(89*day, 95*day, 94*day), ratio},
+		{"pick 3s before expiry: the deadline", ari(85*day, 90*day, 90*day-3*time.Second), t0.Add(81 * day)},
 		{"no pick yet: the ratio", &ARI{Window: Window{Start: t0, End: t0.Add(day)}}, ratio},
 	} {
 		if got := Due(nb, na, tc.ari, now); !got.Equal(tc.want) {
@@ -255,4 +257,61 @@ func TestQueue(t *testing.T) {
 	if _, ok := q.Next(); ok {
 		t.Fatal("Next on an empty queue")
 	}
+}
+
+// Whatever the CA's window and the spreading, a renewal starts with at
+// least a tenth of the lifetime left, unless it is already later.
+func TestStartLeavesATenthOfTheLifetime(t *testing.T) {
+	nb := t0
+	for _, life := range []time.Duration{90 * day, 6 * day, time.Hour, 90 * time.Second} {
+		na := nb.Add(life)
+		r := rand.New(rand.NewPCG(1, uint64(life)))
+		for i := 0; i < 2000; i++ {
+			now := nb.Add(time.Duration(r.Int64N(int64(life / 2))))
+			w := Window{Start: nb.Add(life / 2), End: na} // a window reaching notAfter
+			a := ARI{}.Update(w, "", time.Time{}, now, r.Float64())
+			key := fmt.Sprintf("n%d.example.com/ecdsa-p256", i)
+			start := Start(key, Due(nb, na, &a, now), nb, na, 12*time.Hour)
+			if left := na.Sub(start); left < life/10 {
+				t.Fatalf("lifetime %v: starts with %v left (window pick %v), want at least %v", life, left, na.Sub(a.Selected), life/10)
+			}
+		}
+	}
+	// Already past the deadline: now, not earlier.
+	now := nb.Add(95 * time.Minute)
+	if got := Start("k", now, nb, nb.Add(100*time.Minute), time.Hour); !got.Equal(now) {
+		t.Fatalf("past the deadline: start at +%v, want now", got.Sub(nb))
+	}
+}
+
+func FuzzParseState(f *testing.F) {
+	good, _ := json.Marshal(State{}.Failed(t0, "boom", "urn:x", t0.Add(time.Hour)))
+	f.Add(good)
+	f.Add([]byte(`{"failures":-1}`))
+	f.Add([]byte(`{"next_attempt":"0001-01-01T00:00:00Z","last_attempt":"9999-01-01T00:00:00Z"}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := ParseState(b)
+		if err != nil {
+			return
+		}
+		if s.Failures < 0 {
+			t.Fatalf("accepted %d failures", s.Failures)
+		}
+		// What parses, re-encodes and parses to the same.
+		again, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s2, err := ParseState(again)
+		if err != nil || s2.Failures != s.Failures || !s2.NextAttempt.Equal(s.NextAttempt) || s2.LastError != s.LastError {
+			t.Fatalf("round trip: %+v -> %+v, %v", s, s2, err)
+		}
+		// The next state never waits more than the backoff or a week.
+		now := s.NextAttempt
+		n := s.Failed(now, "x", "", now.Add(365*day))
+		if n.NextAttempt.Sub(now) > 7*day || n.NextAttempt.Before(now) {
+			t.Fatalf("next attempt %v after %v", n.NextAttempt.Sub(now), now)
+		}
+	})
 }

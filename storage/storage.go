@@ -10,6 +10,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/caddyserver/certmagic"
@@ -42,19 +43,57 @@ type Storage interface {
 	List(ctx context.Context, path string, recursive bool) ([]string, error)
 }
 
+// ErrLockLost is wrapped by the errors of [LockVerifier.VerifyLock] when a
+// lock this process took is no longer held.
+var ErrLockLost = errors.New("acmetls/storage: lock lost")
+
+// LockVerifier is a Storage that can tell whether a lock this process took
+// is still held: a lock that dies with its holder's connection (a
+// PostgreSQL session, say) may be lost while its holder works. acmetls
+// verifies its lock before it writes a certificate, and re-checks storage
+// when the lock was lost, so that processes converge on one certificate.
+// A Storage that cannot tell does not implement it.
+type LockVerifier interface {
+	// VerifyLock returns nil if this process holds the named lock, and
+	// an error wrapping ErrLockLost if it no longer does. Other errors
+	// say the storage could not tell.
+	VerifyLock(ctx context.Context, name string) error
+}
+
 // Prefix is the first segment of every key acmetls writes.
 const Prefix = "acmetls"
 
 // CertKey is the key of the one record that holds the certificate of name
 // for keyType: private key, chain and metadata together.
 func CertKey(name, keyType string) string {
-	return Prefix + "/certs/" + Safe(name) + "/" + Safe(keyType) + ".json"
+	return CertsDir + "/" + Safe(name) + "/" + Safe(keyType) + ".json"
 }
 
-// CertLockName is the name of the storage lock taken while the certificate
-// of name for keyType is obtained or renewed.
-func CertLockName(name, keyType string) string {
-	return Prefix + "-cert-" + Safe(name) + "-" + Safe(keyType)
+// CertsDir holds one directory per name with a stored certificate, named
+// [Safe] of the name: listing it says which names storage holds.
+const CertsDir = Prefix + "/certs"
+
+// StateKey is the key of the renewal state of the certificate of name for
+// keyType: its failures in a row and when to try again.
+func StateKey(name, keyType string) string {
+	return StatesDir + "/" + Safe(name) + "/" + Safe(keyType) + ".json"
+}
+
+// StatesDir holds one directory per name with a stored renewal state.
+const StatesDir = Prefix + "/state"
+
+// StapleKey is the key of the current OCSP staple of the certificate of
+// name for keyType, in DER.
+func StapleKey(name, keyType string) string {
+	return Prefix + "/ocsp/" + Safe(name) + "/" + Safe(keyType) + ".der"
+}
+
+// CertLockName is the name of the storage lock taken while a certificate of
+// name is obtained or renewed, whatever its key type: orders for one name
+// take turns, so that their challenge answers, stored by name, never
+// overwrite each other.
+func CertLockName(name string) string {
+	return Prefix + "-cert-" + Safe(name)
 }
 
 // AccountKey is the key of the ACME account record for one CA directory
@@ -72,10 +111,44 @@ func AccountLockName(ca, email string) string {
 	return Prefix + "-account-" + Safe(caSegment(ca)) + "-" + Safe(email)
 }
 
+// MaxTokenLen bounds the length of the challenge tokens acmetls accepts.
+// RFC 8555 asks for at least 128 bits of entropy (22 characters); CAs
+// send 43.
+const MaxTokenLen = 128
+
+// ValidToken reports whether token can be an ACME challenge token: 1 to
+// [MaxTokenLen] characters of the base64url alphabet (RFC 8555 §8.1).
+func ValidToken(token string) bool {
+	if len(token) == 0 || len(token) > MaxTokenLen {
+		return false
+	}
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 // HTTPChallengeKey is the key of the answer to the http-01 challenge with
 // token, readable by every process that may receive the CA's request.
+// Tokens are case-sensitive, and so is the key: a token that is not
+// [ValidToken] has every byte outside the base64url alphabet replaced,
+// and is cut at MaxTokenLen, but keeps its case.
 func HTTPChallengeKey(token string) string {
-	return Prefix + "/challenges/http-01/" + Safe(token) + ".json"
+	if !ValidToken(token) {
+		b := []byte(token[:min(len(token), MaxTokenLen)])
+		for i, c := range b {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				b[i] = '_'
+			}
+		}
+		token = string(b)
+		if token == "" {
+			token = "_"
+		}
+	}
+	return Prefix + "/challenges/http-01/" + token + ".json"
 }
 
 // TLSALPNChallengeKey is the key of the answer to the tls-alpn-01 challenge

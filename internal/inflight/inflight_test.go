@@ -53,7 +53,55 @@ func TestDoRunsOncePerKey(t *testing.T) {
 	}
 }
 
+// A waiter leaves when its context ends; the work goes on while another
+// waiter waits, and ends once the last one has left.
 func TestWaiterLeavesWhenItsContextEnds(t *testing.T) {
+	var g Group[string]
+	release := make(chan struct{})
+	workCtx := make(chan context.Context, 1)
+	fn := func(ctx context.Context) (string, error) {
+		workCtx <- ctx
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	errc := make(chan error, 2)
+	go func() {
+		_, err := g.Do(ctx1, "k", fn)
+		errc <- err
+	}()
+	wctx := <-workCtx
+	go func() {
+		_, err := g.Do(ctx2, "k", fn)
+		errc <- err
+	}()
+	waitWaiters(t, &g, "k", 2)
+	cancel1()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if wctx.Err() != nil {
+		t.Fatal("the work's context ended with its first waiter while another waits")
+	}
+	cancel2()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	select {
+	case <-wctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the work's context did not end when its last waiter left")
+	}
+	close(release)
+}
+
+// Work started by Go runs to its end, whoever joins and leaves.
+func TestGoIsNeverCancelledByWaiters(t *testing.T) {
 	var g Group[string]
 	release := make(chan struct{})
 	workCtx := make(chan context.Context, 1)
@@ -62,26 +110,19 @@ func TestWaiterLeavesWhenItsContextEnds(t *testing.T) {
 		<-release
 		return "done", nil
 	}
+	g.Go(context.Background(), "k", fn)
+	wctx := <-workCtx
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
 		_, err := g.Do(ctx, "k", fn)
 		errc <- err
 	}()
-	wctx := <-workCtx
+	waitWaiters(t, &g, "k", 1)
 	cancel()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("err = %v, want context.Canceled", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("waiter did not leave when its context ended")
-	}
-	// The work was not cancelled with the waiter, and a new waiter gets
-	// its result.
+	<-errc
 	if wctx.Err() != nil {
-		t.Fatal("the work's context was cancelled with its first waiter")
+		t.Fatal("a waiter's leaving cancelled work started by Go")
 	}
 	done := make(chan string, 1)
 	go func() {
@@ -90,7 +131,29 @@ func TestWaiterLeavesWhenItsContextEnds(t *testing.T) {
 	}()
 	close(release)
 	if v := <-done; v != "done" {
-		t.Fatalf("second waiter got %q", v)
+		t.Fatalf("a later waiter got %q", v)
+	}
+}
+
+// waitWaiters waits until n callers of Do wait for key.
+func waitWaiters[V any](t *testing.T, g *Group[V], key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g.mu.Lock()
+		c := g.calls[key]
+		got := 0
+		if c != nil {
+			got = c.waiters
+		}
+		g.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -1,0 +1,79 @@
+package acmetls
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/acmetls/acmetls/storage"
+)
+
+// Orders take an order slot first, then the storage lock of their name:
+// while the CA is slow, at most maxConcurrentOrders storage locks are held
+// by this process (each a connection, on PostgreSQL), however many names
+// wait to be ordered, and names waiting for a slot hold nothing shared.
+
+// orderSlot waits for one of the Manager's order slots, or for ctx to end,
+// and returns the function that gives it back.
+func (m *Manager) orderSlot(ctx context.Context, name string) (func(), error) {
+	select {
+	case m.orders <- struct{}{}:
+		return func() { <-m.orders }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("acmetls: waiting to order a certificate for %q: %w", name, ctx.Err())
+	}
+}
+
+// heldLock is a storage lock this process took for a name.
+type heldLock struct {
+	m    *Manager
+	name string // the lock's name
+}
+
+// lock takes the storage lock of name, shared by every process on the
+// storage and by every key type: one order at a time per name.
+func (m *Manager) lock(ctx context.Context, name string) (*heldLock, error) {
+	l := &heldLock{m: m, name: storage.CertLockName(name)}
+	m.logger().Named("obtain").Debug("taking storage lock", zap.String("lock", l.name))
+	if err := m.store.Lock(ctx, l.name); err != nil {
+		return nil, fmt.Errorf("acmetls: locking %s: %w", l.name, err)
+	}
+	return l, nil
+}
+
+// release gives the lock back, even when the work's context has ended.
+func (l *heldLock) release() { l.m.unlock(l.name) }
+
+// verify returns an error wrapping storage.ErrLockLost if the storage can
+// tell that this process no longer holds the lock (a PostgreSQL session
+// that was cut, say), and nil otherwise.
+func (l *heldLock) verify(ctx context.Context) error {
+	v, ok := l.m.store.(storage.LockVerifier)
+	if !ok {
+		return nil
+	}
+	return v.VerifyLock(ctx, l.name)
+}
+
+// retake releases a lost lock and takes it again.
+func (l *heldLock) retake(ctx context.Context) error {
+	ctx2, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	_ = l.m.store.Unlock(ctx2, l.name) // lost: whatever it says
+	cancel()
+	if err := l.m.store.Lock(ctx, l.name); err != nil {
+		return fmt.Errorf("acmetls: locking %s again: %w", l.name, err)
+	}
+	return nil
+}
+
+// unlock releases a storage lock even when the work's context has ended.
+func (m *Manager) unlock(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.store.Unlock(ctx, name); err != nil && !errors.Is(err, storage.ErrLockLost) {
+		m.logger().Error("releasing storage lock", zap.String("lock", name), zap.Error(err))
+	}
+}
