@@ -127,7 +127,10 @@ func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account,
 		return nil, err
 	}
 	if err := m.store.Store(ctx, key, b); err != nil {
-		return nil, fmt.Errorf("acmetls: storing account: %w", err)
+		// The CA knows it now: use it from memory rather than register
+		// another one per attempt.
+		m.logger().Named("account").Error("storing the new ACME account; using it from memory",
+			zap.String("ca", m.ca()), zap.String("account", a.Location), zapErr(err))
 	}
 	m.logger().Named("account").Info("registered ACME account",
 		zap.String("ca", m.ca()), zap.String("account", a.Location))

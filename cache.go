@@ -363,6 +363,29 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 	return out
 }
 
+// replace publishes cert as name's certificate of type kt if the one
+// cached is still old, and reports whether it did: what was made for one
+// certificate (its staple) never lands on its replacement.
+func (c *cache) replace(name string, kt KeyType, old, cert *tls.Certificate) bool {
+	rk := ringKey{key: name}
+	if parent, ok := wildcardParent(name); ok {
+		rk = ringKey{key: parent, wild: true}
+	}
+	i, h := c.locate(rk.key)
+	sh, w := &c.shards[i], &c.writers[i]
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	cur := sh.table(rk.wild).find(h, rk.key)
+	if cur == nil || cur.pair.get(kt) != old {
+		return false
+	}
+	pair := cur.pair
+	pair.set(kt, cert)
+	sh.publish(rk, h, &pair, cur.ref.Load(), nil)
+	c.syncFew(i)
+	return true
+}
+
 func (sh *shard) table(wild bool) *table {
 	if wild {
 		return sh.wild.Load()

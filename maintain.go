@@ -63,7 +63,7 @@ type tracked struct {
 	ari                 renew.ARI
 	due                 time.Time // when the renewal should start
 	stapleNext          time.Time // when to refresh the OCSP staple; zero: none
-	stapleUntil         time.Time // when the staple served expires
+	stapleUntil         time.Time // when the staple served must go; zero: none served
 }
 
 func (t *tracked) keyType() KeyType { return t.kt.keyType() }
@@ -141,6 +141,9 @@ func (s *schedule) push(t *tracked) {
 	if !t.stapleNext.IsZero() && t.stapleNext.Before(next) {
 		next = t.stapleNext
 	}
+	if !t.stapleUntil.IsZero() && t.stapleUntil.Before(next) {
+		next = t.stapleUntil
+	}
 	s.queue.Push(t, next)
 	select {
 	case s.wake <- struct{}{}:
@@ -183,10 +186,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// jitter returns d, at most maintainInterval and at least a second, less
-// up to a fifth at random.
+// jitter returns d, at most maintainInterval and at least a tenth of a
+// second, less up to a fifth at random: Run wakes early, never late, for
+// what it must do at an instant (a staple to drop).
 func jitter(d time.Duration) time.Duration {
-	d = min(max(d, time.Second), maintainInterval)
+	d = min(max(d, 100*time.Millisecond), maintainInterval)
 	return d - time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
@@ -197,7 +201,7 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 	now := m.now()
 	s := &m.sched
 	s.mu.Lock()
-	var renewals, polls, staples []*tracked
+	var renewals, polls, staples, expired []*tracked
 	for _, t := range s.queue.PopDue(now, maxPollsPerPass+cap(slots)) {
 		switch {
 		case t.due.After(now) && len(polls)+len(staples) == maxPollsPerPass:
@@ -208,6 +212,10 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 			s.push(t)
 			polls = append(polls, t)
 		case t.due.After(now):
+			if !t.stapleUntil.IsZero() && !now.Before(t.stapleUntil) {
+				t.stapleUntil = time.Time{}
+				expired = append(expired, t)
+			}
 			t.stapleNext = now.Add(renew.MaxPollInterval)
 			s.push(t)
 			staples = append(staples, t)
@@ -222,6 +230,9 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 		next = t
 	}
 	s.mu.Unlock()
+	for _, t := range expired {
+		m.dropStaple(t)
+	}
 	for _, t := range polls {
 		wg.Add(1)
 		go func() {

@@ -60,10 +60,10 @@ func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tl
 	}
 	attach := func(r *ocsp.Response, der []byte) stapling {
 		cc.OCSPStaple = der
-		return stapling{next: m.stapleRefresh(r, now), until: r.NextUpdate}
+		return stapling{next: m.stapleRefresh(r, now), until: stapleUntil(r)}
 	}
 	if der, err := m.store.Load(ctx, storage.StapleKey(name, string(kt))); err == nil {
-		if r, err := ocsp.Check(der, c.Leaf, issuer, now); err == nil && ocsp.Stapleable(r, now) {
+		if r, err := ocsp.Check(der, c.Leaf, issuer, now); err == nil && servable(r, now) {
 			return attach(r, der), nil, false
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -82,7 +82,7 @@ func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tl
 		return stapling{next: now.Add(time.Minute)}, nil, false
 	case r.Status == ocsp.Revoked:
 		return stapling{next: now}, r, false
-	case ocsp.Stapleable(r, now):
+	case servable(r, now):
 		return attach(r, der), nil, false
 	}
 	return stapling{next: m.stapleRefresh(r, now)}, nil, false
@@ -122,8 +122,8 @@ func issuerOf(c *tls.Certificate) (*x509.Certificate, error) {
 }
 
 // refreshStaple fetches a new staple for t from Run: it keeps the last
-// valid staple while the responder fails, drops it at its nextUpdate, and
-// replaces a revoked certificate at once.
+// valid staple while the responder fails, drops it before its nextUpdate,
+// and replaces a revoked certificate at once.
 func (m *Manager) refreshStaple(ctx context.Context, t *tracked) {
 	kt := t.keyType()
 	c, _, err := m.readCert(ctx, t.name, kt)
@@ -140,41 +140,85 @@ func (m *Manager) refreshStaple(ctx context.Context, t *tracked) {
 	switch {
 	case err != nil:
 		m.logger().Named("ocsp").Warn("refreshing staple", zapName(t.name), zapKeyType(kt), zapErr(err))
-		if !t.stapleUntil.IsZero() && !now.Before(t.stapleUntil) {
-			m.setStaple(t, nil, time.Time{}) // expired: serve none
-		}
 	case r.Status == ocsp.Revoked:
 		m.revoked(ctx, t, r)
 		return
-	case ocsp.Stapleable(r, now):
-		m.setStaple(t, der, r.NextUpdate)
+	case servable(r, now):
+		m.setStaple(t, der, stapleUntil(r))
 		next = m.stapleRefresh(r, now)
 	}
 	m.reschedule(t, func(t *tracked) { t.stapleNext = next })
 }
 
-// setStaple republishes t's cached certificate with staple der (nil for
-// none), valid until until.
+// servable reports whether a staple from r, as Check returned it, may be
+// attached at now.
+func servable(r *ocsp.Response, now time.Time) bool {
+	return ocsp.Stapleable(r, now) && now.Before(stapleUntil(r))
+}
+
+// stapleUntil is when a staple from r stops being served: shortly before
+// its nextUpdate, so that no client, and no late timer, sees it expired.
+func stapleUntil(r *ocsp.Response) time.Time {
+	margin := min(time.Minute, r.NextUpdate.Sub(r.ThisUpdate)/10)
+	return r.NextUpdate.Add(-margin)
+}
+
+// setStaple attaches staple der, to be served until until, to t's
+// certificate in the cache, if the one cached is still t's: a renewal
+// that lands meanwhile keeps its own (or none).
 func (m *Manager) setStaple(t *tracked, der []byte, until time.Time) {
 	p := m.cache.lookup(t.name, true)
 	if p == nil {
 		return
 	}
 	old := p.get(t.keyType())
-	if old == nil {
+	if old == nil || !hasSerial(old, t.serial) {
 		return
 	}
 	c := *old
 	c.OCSPStaple = der
-	m.cache.put(t.name, t.keyType(), &c)
+	if !m.cache.replace(t.name, t.keyType(), old, &c) {
+		return
+	}
 	m.sched.mu.Lock()
-	t.stapleUntil = until
-	m.sched.mu.Unlock()
+	defer m.sched.mu.Unlock()
+	if m.sched.certs[t.trackKey] == t {
+		t.stapleUntil = until
+		m.sched.push(t)
+	}
+}
+
+// dropStaple serves t's certificate without a staple from now on.
+func (m *Manager) dropStaple(t *tracked) {
+	p := m.cache.lookup(t.name, true)
+	if p == nil {
+		return
+	}
+	old := p.get(t.keyType())
+	if old == nil || old.OCSPStaple == nil || !hasSerial(old, t.serial) {
+		return
+	}
+	c := *old
+	c.OCSPStaple = nil
+	m.cache.replace(t.name, t.keyType(), old, &c)
+}
+
+// hasSerial reports whether c's leaf has serial (big-endian bytes).
+func hasSerial(c *tls.Certificate, serial string) bool {
+	if len(c.Certificate) == 0 {
+		return false
+	}
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	return err == nil && string(leaf.SerialNumber.Bytes()) == serial
 }
 
 // revoked reports a revoked certificate and replaces it at once; a new key
 // is always generated, so a compromised one is never reused.
 func (m *Manager) revoked(ctx context.Context, t *tracked, r *ocsp.Response) {
+	m.sched.mu.Lock()
+	t.stapleUntil = time.Time{}
+	m.sched.mu.Unlock()
+	m.dropStaple(t) // its last good staple is a lie now
 	err := fmt.Errorf("acmetls: certificate revoked at %s (reason %d)", r.RevokedAt.Format(time.RFC3339), r.RevocationReason)
 	m.emit(Event{Kind: EventRevoked, ServerName: t.name, KeyType: t.keyType(), NotAfter: t.notAfter, Err: err})
 	m.logger().Named("ocsp").Error("certificate revoked; replacing it", zapName(t.name), zapKeyType(t.keyType()),

@@ -55,29 +55,51 @@ func Responder(leaf *x509.Certificate) string {
 }
 
 // Check parses der and verifies it may be stapled to leaf at now: signed
-// by issuer, or by a responder certificate issued by issuer for OCSP
-// signing; for leaf's serial number; thisUpdate not in the future (within
-// a few minutes); nextUpdate present, after now and not after leaf
-// expires. A revoked or unknown status is returned, not an error: the
+// by issuer (whether or not the response includes issuer's certificate),
+// or by a responder certificate issued by issuer for OCSP signing; for
+// leaf's serial number under issuer (the CertID's issuer name and key
+// hashes are checked, not the serial alone); thisUpdate not in the future
+// (within a few minutes); nextUpdate present, after now and not after
+// leaf expires. A revoked or unknown status is returned, not an error: the
 // caller must not staple it, and acts on it. Errors wrap ErrInvalid.
 func Check(der []byte, leaf, issuer *x509.Certificate, now time.Time) (*Response, error) {
 	bad := func(format string, args ...any) (*Response, error) {
 		return nil, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 	}
-	r, err := ocsp.ParseResponseForCert(der, leaf, issuer)
+	if len(der) > MaxResponseSize {
+		return bad("%d bytes", len(der))
+	}
+	// Parsed without the issuer: x/crypto would check an included copy
+	// of the issuer's own certificate as if it were a delegated
+	// responder's, and refuse every such response (golang/go#59641).
+	r, err := ocsp.ParseResponseForCert(der, leaf, nil)
 	if err != nil {
 		return bad("%v", err)
 	}
-	if r.SerialNumber == nil || r.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
-		return bad("for serial %v, not %v", r.SerialNumber, leaf.SerialNumber)
-	}
-	if d := r.Certificate; d != nil {
+	switch d := r.Certificate; {
+	case d == nil:
+		if err := r.CheckSignatureFrom(issuer); err != nil {
+			return bad("not signed by the issuer: %v", err)
+		}
+	case bytes.Equal(d.Raw, issuer.Raw):
+		// Signed by the issuer, whose certificate came along;
+		// ParseResponse checked the signature with it.
+	default:
+		if err := d.CheckSignatureFrom(issuer); err != nil {
+			return bad("delegated responder certificate not issued by the issuer: %v", err)
+		}
 		if !slices.Contains(d.ExtKeyUsage, x509.ExtKeyUsageOCSPSigning) {
 			return bad("delegated responder certificate lacks the OCSP signing usage")
 		}
 		if now.Before(d.NotBefore) || now.After(d.NotAfter) {
 			return bad("delegated responder certificate not valid now")
 		}
+	}
+	if r.SerialNumber == nil || r.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		return bad("for serial %v, not %v", r.SerialNumber, leaf.SerialNumber)
+	}
+	if err := checkCertID(der, leaf, issuer); err != nil {
+		return bad("%v", err)
 	}
 	switch {
 	case r.ThisUpdate.After(now.Add(clockSkew)):

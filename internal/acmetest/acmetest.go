@@ -19,6 +19,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/letsencrypt/pebble/v2/ca"
@@ -63,9 +64,11 @@ type CA struct {
 
 	srv, mgmt *httptest.Server
 	dns       *dns.Server
-	ca        *ca.CAImpl
-	db        *db.MemoryStore
+	opts      Options
+	dnsAddr   string
+	pebble    atomic.Pointer[pebble] // swapped by Reset
 
+	logger   *log.Logger
 	mu       sync.Mutex // guards orders, finals and accounts
 	orders   []Order
 	finals   []Finalization
@@ -104,22 +107,18 @@ func New(opts Options) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &CA{dns: dnsSrv, db: db.NewMemoryStore()}
-	for _, name := range opts.Blocklist {
-		if err := c.db.AddBlockedDomain(name); err != nil {
-			c.Close()
-			return nil, err
-		}
+	c := &CA{dns: dnsSrv, opts: opts, dnsAddr: dnsAddr}
+	c.logger = logger
+	p, err := c.newPebble()
+	if err != nil {
+		c.Close()
+		return nil, err
 	}
-	profiles := map[string]ca.Profile{"default": {
-		Description:    "default profile",
-		ValidityPeriod: uint64(opts.Validity / time.Second),
-	}}
-	c.ca = ca.New(logger, c.db, opts.OCSPResponderURL, "rsa", opts.AlternateRoots, 1, profiles)
-	v := va.New(logger, opts.HTTPPort, opts.TLSPort, false, dnsAddr, c.db)
-	w := wfe.New(logger, c.db, v, c.ca, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
+	c.pebble.Store(p)
 
-	handler := c.count(w.Handler())
+	var handler http.Handler = c.count(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.pebble.Load().wfe.ServeHTTP(w, r)
+	}))
 	if opts.DisableARI {
 		handler = withoutARI(handler)
 	}
@@ -134,10 +133,49 @@ func New(opts Options) (*CA, error) {
 	c.srv = httptest.NewUnstartedServer(handler)
 	c.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	c.srv.StartTLS()
-	c.mgmt = httptest.NewTLSServer(w.ManagementHandler())
+	c.mgmt = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.pebble.Load().mgmt.ServeHTTP(w, r)
+	}))
 	c.DirectoryURL = c.srv.URL + wfe.DirectoryPath
 	c.ManagementURL = c.mgmt.URL
 	return c, nil
+}
+
+// pebble is one life of the CA: its database, its roots, its frontends.
+type pebble struct {
+	db        *db.MemoryStore
+	ca        *ca.CAImpl
+	wfe, mgmt http.Handler
+}
+
+func (c *CA) newPebble() (*pebble, error) {
+	p := &pebble{db: db.NewMemoryStore()}
+	for _, name := range c.opts.Blocklist {
+		if err := p.db.AddBlockedDomain(name); err != nil {
+			return nil, err
+		}
+	}
+	profiles := map[string]ca.Profile{"default": {
+		Description:    "default profile",
+		ValidityPeriod: uint64(c.opts.Validity / time.Second),
+	}}
+	p.ca = ca.New(c.logger, p.db, c.opts.OCSPResponderURL, "rsa", c.opts.AlternateRoots, 1, profiles)
+	v := va.New(c.logger, c.opts.HTTPPort, c.opts.TLSPort, false, c.dnsAddr, p.db)
+	w := wfe.New(c.logger, p.db, v, p.ca, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
+	p.wfe, p.mgmt = w.Handler(), w.ManagementHandler()
+	return p, nil
+}
+
+// Reset restarts the CA with an empty database and new roots, at the same
+// address, as a CA that lost its state: accounts, orders and certificates
+// it issued are forgotten.
+func (c *CA) Reset() error {
+	p, err := c.newPebble()
+	if err != nil {
+		return err
+	}
+	c.pebble.Store(p)
+	return nil
 }
 
 // Close stops the CA and its DNS stub.
@@ -165,14 +203,15 @@ func (c *CA) ServerRoots() *x509.CertPool {
 // Roots returns a pool with the roots of the certificates the CA issues.
 func (c *CA) Roots() *x509.CertPool {
 	p := x509.NewCertPool()
-	for i := 0; i < c.ca.GetNumberOfRootCerts(); i++ {
-		p.AddCert(c.ca.GetRootCert(i).Cert)
+	authority := c.pebble.Load().ca
+	for i := 0; i < authority.GetNumberOfRootCerts(); i++ {
+		p.AddCert(authority.GetRootCert(i).Cert)
 	}
 	return p
 }
 
 // RootPEM returns the PEM of the default chain's root.
-func (c *CA) RootPEM() []byte { return c.ca.GetRootCert(0).PEM() }
+func (c *CA) RootPEM() []byte { return c.pebble.Load().ca.GetRootCert(0).PEM() }
 
 // Orders returns the orders the CA accepted so far.
 func (c *CA) Orders() []Order {
@@ -339,7 +378,9 @@ func (f logfWriter) Write(p []byte) (int, error) {
 
 // RootCommonName returns the common name of root i (0 is the default
 // chain's root).
-func (c *CA) RootCommonName(i int) string { return c.ca.GetRootCert(i).Cert.Subject.CommonName }
+func (c *CA) RootCommonName(i int) string {
+	return c.pebble.Load().ca.GetRootCert(i).Cert.Subject.CommonName
+}
 
 // SetRenewalInfo makes the CA answer renewal-information requests for the
 // certificate certPEM with the window [start, end), through Pebble's

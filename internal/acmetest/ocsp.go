@@ -39,6 +39,12 @@ const (
 	OCSPOtherSerial = "otherserial" // a good response for another certificate
 	OCSPWrongKey    = "wrongkey"    // signed by a key that is not the issuer's
 	OCSPExpired     = "expired"     // nextUpdate in the past
+	// OCSPOtherIssuer is a good response for the right serial, signed by
+	// the issuer, whose CertID names another issuer (the root).
+	OCSPOtherIssuer = "otherissuer"
+	// OCSPIssuerIncluded is a good response signed by the issuer that
+	// includes the issuer's certificate, as OpenSSL's responder sends.
+	OCSPIssuerIncluded = "issuerincluded"
 )
 
 // NewResponder starts a responder answering good, valid for validity.
@@ -132,8 +138,10 @@ func (r *Responder) serve(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "responder down", http.StatusServiceUnavailable)
 		return
 	}
-	issuer := c.ca.GetIntermediateCert(0).Cert
-	var key crypto.Signer = c.ca.GetIntermediateKey(0)
+	authority := c.pebble.Load().ca
+	issuer := authority.GetIntermediateCert(0).Cert
+	var key crypto.Signer = authority.GetIntermediateKey(0)
+	certIDIssuer := issuer
 	now := time.Now().Truncate(time.Second)
 	tmpl := ocsp.Response{
 		Status: ocsp.Good, SerialNumber: q.SerialNumber,
@@ -149,8 +157,12 @@ func (r *Responder) serve(w http.ResponseWriter, req *http.Request) {
 		key, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	case OCSPExpired:
 		tmpl.ThisUpdate, tmpl.NextUpdate = now.Add(-2*validity), now.Add(-time.Minute)
+	case OCSPOtherIssuer:
+		certIDIssuer = authority.GetRootCert(0).Cert
+	case OCSPIssuerIncluded:
+		tmpl.Certificate = issuer
 	}
-	der, err := ocsp.CreateResponse(issuer, issuer, tmpl, key)
+	der, err := ocsp.CreateResponse(certIDIssuer, issuer, tmpl, key)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

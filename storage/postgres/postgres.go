@@ -38,9 +38,24 @@ type Storage struct {
 	table  string // quoted identifier
 	lockNS string // prefix of the advisory lock names, per table
 
+	// MaxLocks bounds the locks this Storage holds at once, each on a
+	// connection of its own: a Lock beyond it waits for an Unlock, or
+	// for its context to end. Zero means DefaultMaxLocks. Set it before
+	// the first Lock and do not change it after. The connections this
+	// Storage opens are at most the pool's MaxConns plus MaxLocks.
+	MaxLocks int
+
+	semOnce sync.Once
+	sem     chan struct{} // one token per lock held
+
 	mu   sync.Mutex           // guards held
 	held map[string]*pgx.Conn // the connection holding each lock this process holds
 }
+
+// DefaultMaxLocks is the bound on locks held at once when
+// [Storage.MaxLocks] is zero. An acmetls Manager holds at most 9: one per
+// order in flight, and the account's.
+const DefaultMaxLocks = 16
 
 var (
 	_ storage.Storage   = (*Storage)(nil)
@@ -229,16 +244,31 @@ func under(prefix string) (lo, hi string) {
 // lock is a session advisory lock on a connection opened for it, so it is
 // released if this process dies or loses the connection. Locks of the
 // same name taken twice in one process exclude each other, as across
-// processes.
+// processes. At most MaxLocks are held at once; beyond, Lock waits.
 func (s *Storage) Lock(ctx context.Context, name string) error {
+	s.semOnce.Do(func() {
+		n := s.MaxLocks
+		if n <= 0 {
+			n = DefaultMaxLocks
+		}
+		s.sem = make(chan struct{}, n)
+	})
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("acmetls/postgres: lock %s: waiting for one of the %d lock connections (Storage.MaxLocks): %w",
+			name, cap(s.sem), ctx.Err())
+	}
 	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig) // Config returns a copy
 	if err != nil {
+		<-s.sem
 		return fmt.Errorf("acmetls/postgres: lock %s: %w", name, err)
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, s.lockKey(name)); err != nil {
 		// Closing the session releases the lock if it was granted as
 		// ctx ended.
 		_ = conn.Close(context.Background())
+		<-s.sem
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
@@ -259,13 +289,43 @@ func (s *Storage) Unlock(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("acmetls/postgres: unlock %s: not locked by this process", name)
 	}
+	defer func() { <-s.sem }()
+	lost := conn.IsClosed()
 	// Ending the session releases its advisory lock; a failed unlock
 	// query would leave it held, a closed connection cannot.
-	if err := conn.Close(ctx); err != nil {
-		return fmt.Errorf("acmetls/postgres: unlock %s: %w", name, err)
+	if err := conn.Close(ctx); err != nil || lost {
+		return fmt.Errorf("acmetls/postgres: unlock %s: %w (%v)", name, storage.ErrLockLost, err)
 	}
 	return nil
 }
+
+// VerifyLock reports whether this process still holds the named lock: the
+// session holding it must still answer. It returns an error wrapping
+// storage.ErrLockLost if the session is gone (cut by the network, a
+// restarted server, or pg_terminate_backend), when another process may
+// hold the lock.
+func (s *Storage) VerifyLock(ctx context.Context, name string) error {
+	s.mu.Lock()
+	conn, ok := s.held[name]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("acmetls/postgres: %s: %w: not locked by this process", name, storage.ErrLockLost)
+	}
+	var held bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+		AND pid = pg_backend_pid() AND granted AND ((classid::bigint << 32) | objid::bigint) = $1)`, s.lockKey(name)).Scan(&held)
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("acmetls/postgres: verifying lock %s: %w", name, ctx.Err())
+	case err != nil:
+		return fmt.Errorf("acmetls/postgres: %s: %w: %v", name, storage.ErrLockLost, err)
+	case !held:
+		return fmt.Errorf("acmetls/postgres: %s: %w: the session no longer holds it", name, storage.ErrLockLost)
+	}
+	return nil
+}
+
+var _ storage.LockVerifier = (*Storage)(nil)
 
 // lockKey maps a lock name to the 64-bit key of an advisory lock. Two
 // names that collide only wait for each other.

@@ -173,3 +173,84 @@ func TestOpenBadURL(t *testing.T) {
 		t.Fatal("Open of an unreachable database succeeded")
 	}
 }
+
+// Locks held at once are bounded: one beyond MaxLocks waits, and gets the
+// lock once another is released. The connections opened stay within the
+// pool's and MaxLocks.
+func TestMaxLocks(t *testing.T) {
+	ctx := context.Background()
+	a, _ := open(t)
+	a.MaxLocks = 3
+	for i := range 3 {
+		if err := a.Lock(ctx, "l"+string(rune('0'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	err := a.Lock(short, "other")
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "MaxLocks") {
+		t.Fatalf("a fourth lock with MaxLocks 3: %v, want a wait that names MaxLocks", err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- a.Lock(ctx, "other") }()
+	time.Sleep(50 * time.Millisecond)
+	if err := a.Unlock(ctx, "l0"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting lock was not granted after an unlock")
+	}
+	if n := backends(t, a); n > int(a.pool.Config().MaxConns)+3 {
+		t.Errorf("%d connections, bound %d", n, a.pool.Config().MaxConns+3)
+	}
+}
+
+// backends counts the sessions open on s's database, but the one asking.
+func backends(t *testing.T, s *Storage) int {
+	t.Helper()
+	var n int
+	err := s.pool.QueryRow(context.Background(), `SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()`).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A lock whose session was cut is reported lost, and another process
+// takes it.
+func TestVerifyLock(t *testing.T) {
+	ctx := context.Background()
+	a, b := open(t)
+	if err := a.VerifyLock(ctx, "l"); !errors.Is(err, storage.ErrLockLost) {
+		t.Fatalf("VerifyLock of a lock never taken = %v", err)
+	}
+	if err := a.Lock(ctx, "l"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.VerifyLock(ctx, "l"); err != nil {
+		t.Fatalf("VerifyLock of a held lock = %v", err)
+	}
+	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`); err != nil {
+		t.Fatal(err)
+	}
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := b.Lock(wait, "l"); err != nil {
+		t.Fatalf("the lock of a cut session: %v", err)
+	}
+	if err := a.VerifyLock(ctx, "l"); !errors.Is(err, storage.ErrLockLost) {
+		t.Fatalf("VerifyLock after the session was cut = %v, want ErrLockLost", err)
+	}
+	if err := a.Unlock(ctx, "l"); !errors.Is(err, storage.ErrLockLost) {
+		t.Errorf("Unlock of a lost lock = %v, want ErrLockLost", err)
+	}
+	if err := b.VerifyLock(ctx, "l"); err != nil {
+		t.Fatalf("VerifyLock of the new holder = %v", err)
+	}
+}
