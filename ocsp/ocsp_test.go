@@ -303,4 +303,3 @@ func FuzzCheck(f *testing.F) {
 		}
 	})
 }
-

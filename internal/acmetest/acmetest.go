@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
@@ -208,6 +209,20 @@ func (c *CA) Roots() *x509.CertPool {
 		p.AddCert(authority.GetRootCert(i).Cert)
 	}
 	return p
+}
+
+// IssuerPEM returns the PEM of the intermediate that issues the CA's
+// certificates (of the default chain), and IssuerKeyPEM its private key,
+// for an outside OCSP responder that signs as the issuer.
+func (c *CA) IssuerPEM() []byte { return c.pebble.Load().ca.GetIntermediateCert(0).PEM() }
+
+// IssuerKeyPEM returns the PKCS #8 PEM of the issuer's private key.
+func (c *CA) IssuerKeyPEM() ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(c.pebble.Load().ca.GetIntermediateKey(0))
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
 // RootPEM returns the PEM of the default chain's root.

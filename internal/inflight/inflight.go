@@ -61,6 +61,13 @@ func (g *Group[V]) Running(key string) bool {
 	return ok
 }
 
+// Len reports how many calls are in flight.
+func (g *Group[V]) Len() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.calls)
+}
+
 func (g *Group[V]) start(ctx context.Context, key string, fn func(context.Context) (V, error), detached bool) *call[V] {
 	g.mu.Lock()
 	defer g.mu.Unlock()
