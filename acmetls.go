@@ -143,9 +143,11 @@ type Manager struct {
 	// Logger receives the Manager's logs. Nil means no logs.
 	Logger *zap.Logger
 
-	clock    clock // nil: the wall clock; tests set it
-	ocspHTTP *http.Client
-	sched    schedule
+	clock clock // nil: the wall clock; tests set it
+	// handshakeTimeout overrides handshakeWait; tests set it.
+	handshakeTimeout time.Duration
+	ocspHTTP         *http.Client
+	sched            schedule
 
 	initOnce sync.Once
 	ready    atomic.Bool // set once setup has run: init's fast path
@@ -158,6 +160,7 @@ type Manager struct {
 	accounts inflight.Group[*acme.Account]    // by CA and email
 	chal     challenges
 	orders   chan struct{} // one token per order in flight
+	turns    turns         // one order at a time per name
 	interned interner
 	names    storedNames  // which names storage holds
 	denied   recentErrors // names the on-demand policy refused, by name

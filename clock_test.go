@@ -62,3 +62,13 @@ func (c *fakeClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
 		return ok
 	}
 }
+
+// setFor moves the clock to t and nudges m's Run, which may not have
+// armed its next timer yet when the clock moves.
+func (c *fakeClock) setFor(m *Manager, t time.Time) {
+	c.Set(t)
+	select {
+	case m.sched.wake <- struct{}{}:
+	default:
+	}
+}

@@ -99,6 +99,11 @@ func (e *env) manager(fns ...func(*Manager)) *Manager {
 // handshake connects to the TLS listener as a client configured by cfg
 // (ServerName and RootCAs are filled in) and returns the connection state.
 func (e *env) handshake(name string, cfg *tls.Config) (tls.ConnectionState, error) {
+	return e.handshakeWithin(name, cfg, 10*time.Second)
+}
+
+// handshakeWithin is handshake with a client that waits up to timeout.
+func (e *env) handshakeWithin(name string, cfg *tls.Config, timeout time.Duration) (tls.ConnectionState, error) {
 	if cfg == nil {
 		cfg = &tls.Config{}
 	} else {
@@ -106,7 +111,7 @@ func (e *env) handshake(name string, cfg *tls.Config) (tls.ConnectionState, erro
 	}
 	cfg.ServerName = name
 	cfg.RootCAs = e.ca.Roots()
-	d := &tls.Dialer{Config: cfg, NetDialer: &net.Dialer{Timeout: 10 * time.Second}}
+	d := &tls.Dialer{Config: cfg, NetDialer: &net.Dialer{Timeout: timeout}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conn, err := d.DialContext(ctx, "tcp", e.tlsAddr)

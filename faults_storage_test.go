@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"runtime"
 	"strings"
@@ -214,6 +215,7 @@ func TestHangingCABoundsDatabaseConnections(t *testing.T) {
 		if r.URL.Path != "/order-plz" {
 			return false
 		}
+		_, _ = io.Copy(io.Discard, r.Body) // so that the server notices the client leaving
 		hanging.Add(1)
 		defer hanging.Add(-1)
 		select {

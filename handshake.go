@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // GetCertificate returns the certificate for a TLS handshake; use it as
@@ -15,7 +16,9 @@ import (
 // handshakes wait; if storage has nothing usable and the name is managed
 // or allowed on demand, the certificate is obtained from the CA: the key
 // type this client supports first, the others in the background. Waiting
-// handshakes give up when their context, hello.Context(), ends.
+// handshakes give up when their context, hello.Context(), ends, and after
+// 30 seconds at most; an issuance that nobody waits for any more is
+// dropped unless it has reached the CA.
 //
 // It refuses server names that are not valid DNS names with a [*NameError],
 // and names it may not obtain with an error wrapping [ErrNotManaged].
@@ -24,7 +27,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 		return nil, err
 	}
 	challenge := isChallengeHello(hello)
-	if !challenge {
+	if !challenge && len(hello.ServerName) <= maxNameLen {
 		// Only normalized names are cached: a name found in the cache
 		// needs no further checks.
 		if p := m.cache.get(hello.ServerName); p != nil {
@@ -40,7 +43,21 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if challenge {
 		return m.alpnCert(helloContext(hello), name)
 	}
-	return m.getCertificateSlow(forHandshake(helloContext(hello)), hello, name)
+	return m.getCertificateSlow(helloContext(hello), hello, name)
+}
+
+// handshakeWait is the longest a handshake waits for storage or the CA.
+// crypto/tls does not tell a handshake that its client left, so this is
+// how a first issuance learns that nobody waits for it any more: one that
+// has not reached the CA yet is then dropped (one at the CA finishes, for
+// the next client).
+const handshakeWait = 30 * time.Second
+
+func (m *Manager) handshakeWait() time.Duration {
+	if m.handshakeTimeout > 0 {
+		return m.handshakeTimeout
+	}
+	return handshakeWait
 }
 
 // helloContext returns the handshake's context; a ClientHelloInfo built by
@@ -87,6 +104,9 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 			decided = true
 		}
 	}
+	// From here on the handshake waits for storage or the CA.
+	ctx, cancel := context.WithTimeout(forHandshake(ctx), m.handshakeWait())
+	defer cancel()
 	p := cached
 	if !decided {
 		var err error

@@ -45,16 +45,23 @@ const (
 	namesListTimeout = time.Minute
 )
 
-func (s *storedNames) hash(name string) uint64 { return maphash.String(s.seed, name) }
+// hash is the hash of a stored name's segment (storage.Safe of the name).
+func (s *storedNames) hash(segment string) uint64 { return maphash.String(s.seed, segment) }
 
-// mayHold reports whether storage may hold a certificate for name, under
-// its own name or as the wildcard of its parent; known is false while no
-// listing has been taken, when nothing can be said.
+// mayHold reports whether storage may hold a certificate for name (in
+// normal form), under its own name or as the wildcard of its parent; known
+// is false while no listing has been taken, when nothing can be said. It
+// allocates nothing: a name in normal form is its own segment, and the
+// wildcard's segment is hashed in pieces.
 func (s *storedNames) mayHold(name string) (maybe, known bool) {
-	h, hw := s.hash(storage.Safe(name)), uint64(0)
+	h, hw := s.hash(name), uint64(0)
 	_, parent, wild := splitFirstLabel(name)
 	if wild {
-		hw = s.hash(storage.Safe("*." + parent))
+		var mh maphash.Hash
+		mh.SetSeed(s.seed)
+		mh.WriteString(wildcardSegment)
+		mh.WriteString(parent)
+		hw = mh.Sum64()
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -63,6 +70,9 @@ func (s *storedNames) mayHold(name string) (maybe, known bool) {
 	}
 	return s.has(h) || wild && s.has(hw), true
 }
+
+// wildcardSegment is what storage.Safe makes of "*.".
+const wildcardSegment = "wildcard_."
 
 // has reports whether h is a stored name's hash. The caller holds s.mu.
 func (s *storedNames) has(h uint64) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -11,10 +12,50 @@ import (
 	"github.com/acmetls/acmetls/storage"
 )
 
-// Orders take an order slot first, then the storage lock of their name:
-// while the CA is slow, at most maxConcurrentOrders storage locks are held
-// by this process (each a connection, on PostgreSQL), however many names
-// wait to be ordered, and names waiting for a slot hold nothing shared.
+// Orders take their name's turn in this process first, then an order
+// slot, then the storage lock of their name: while the CA is slow, at most
+// maxConcurrentOrders storage locks are held by this process (each a
+// connection, on PostgreSQL), however many names wait to be ordered, and
+// what waits holds nothing shared.
+
+// turns serializes the orders of one name in this process: the key types
+// of a name take turns before they take an order slot, so that an order
+// waiting for its name's storage lock never holds a slot another name
+// could use.
+type turns struct {
+	mu     sync.Mutex               // guards byName
+	byName map[string]chan struct{} // closed when the name's turn ends
+}
+
+// turn waits for name's turn, or for ctx to end, and returns the function
+// that ends it.
+func (m *Manager) turn(ctx context.Context, name string) (func(), error) {
+	t := &m.turns
+	for {
+		t.mu.Lock()
+		busy, ok := t.byName[name]
+		if !ok {
+			if t.byName == nil {
+				t.byName = make(map[string]chan struct{})
+			}
+			done := make(chan struct{})
+			t.byName[name] = done
+			t.mu.Unlock()
+			return func() {
+				t.mu.Lock()
+				delete(t.byName, name)
+				t.mu.Unlock()
+				close(done)
+			}, nil
+		}
+		t.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("acmetls: waiting for another order for %q: %w", name, ctx.Err())
+		}
+	}
+}
 
 // orderSlot waits for one of the Manager's order slots, or for ctx to end,
 // and returns the function that gives it back.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
 
 	"github.com/acmetls/acmetls/renew"
 	"github.com/acmetls/acmetls/storage"
@@ -64,6 +65,11 @@ type tracked struct {
 	due                 time.Time // when the renewal should start
 	stapleNext          time.Time // when to refresh the OCSP staple; zero: none
 	stapleUntil         time.Time // when the staple served must go; zero: none served
+	// earliest is, for a certificate this process just obtained, the
+	// earliest it is due by the local clock (Unix seconds; zero: none),
+	// an hour at most after it came: a clock far ahead of the CA's must
+	// not make every new certificate due at once, and renewals a loop.
+	earliest int64
 }
 
 func (t *tracked) keyType() KeyType { return t.kt.keyType() }
@@ -90,13 +96,21 @@ func (m *Manager) renewConcurrency() int {
 // track puts a certificate just cached into the schedule, replacing the
 // name's previous certificate of the same type. ri is the renewal
 // information stored with it, if any; st says when its staple is due.
-func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage, st stapling) *tracked {
+func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage, st stapling, fresh bool) *tracked {
 	now := m.now()
 	t := &tracked{
 		trackKey:  trackKey{name: name, kt: indexOf(kt)},
 		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
 		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
 		stapleNext: st.next, stapleUntil: st.until,
+	}
+	if fresh {
+		life := leaf.NotAfter.Sub(leaf.NotBefore)
+		t.earliest = now.Add(min(life/10, time.Hour)).Unix()
+		if !renew.RatioTime(leaf.NotBefore, leaf.NotAfter).After(now) {
+			m.logger().Named("renew").Warn("a certificate just obtained is already due by this clock; is the clock right?",
+				zapName(name), zapKeyType(kt), zap.Time("not_before", leaf.NotBefore), zap.Time("now", now))
+		}
 	}
 	var info acme.RenewalInfo
 	if len(ri) > 0 && json.Unmarshal(ri, &info) == nil && info.HasWindow() {
@@ -127,6 +141,9 @@ func (s *schedule) schedule(t *tracked, now time.Time) {
 	t.due = renew.Start(t.String(), due, t.notBefore, t.notAfter, renewSpread)
 	if !due.After(now) && ari.Window.Valid() && !now.Before(ari.Window.End) {
 		t.due = now // the CA wants it replaced now: no spreading
+	}
+	if t.earliest != 0 {
+		t.due = maxTime(t.due, time.Unix(t.earliest, 0))
 	}
 	s.push(t)
 }
@@ -317,6 +334,12 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 		m.requeue(t, m.now().Add(renew.Backoff(1)))
 		return err
 	}
+	endTurn, err := m.turn(ctx, t.name)
+	if err != nil {
+		m.requeue(t, m.now())
+		return err
+	}
+	defer endTurn()
 	release, err := m.orderSlot(ctx, t.name)
 	if err != nil {
 		m.requeue(t, m.now())
@@ -331,7 +354,7 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 	defer l.release()
 	// Storage first: a sibling may have renewed while we waited.
 	if c, rec, err := m.readCert(ctx, t.name, kt); err == nil && c != nil && string(c.Leaf.SerialNumber.Bytes()) != t.serial {
-		if _, err := m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo); err == nil {
+		if _, err := m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo, false); err == nil {
 			return nil
 		}
 	}

@@ -46,6 +46,11 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 	if _, err := m.mayAttempt(ctx, name, kt); err != nil {
 		return nil, err
 	}
+	endTurn, err := m.turn(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer endTurn()
 	release, err := m.orderSlot(ctx, name)
 	if err != nil {
 		return nil, err
@@ -103,7 +108,7 @@ func (m *Manager) install(ctx context.Context, l *heldLock, name string, kt KeyT
 					zap.String("serial", stored.Leaf.SerialNumber.Text(16)),
 					zap.String("discarded_serial", c.Leaf.SerialNumber.Text(16)))
 				m.names.add(name)
-				return m.cacheCert(ctx, name, kt, stored, srec.RenewalInfo)
+				return m.cacheCert(ctx, name, kt, stored, srec.RenewalInfo, true)
 			}
 		}
 	}
@@ -116,7 +121,7 @@ func (m *Manager) install(ctx context.Context, l *heldLock, name string, kt KeyT
 			zapName(name), zapKeyType(kt), zapErr(err))
 	}
 	m.names.add(name)
-	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo)
+	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo, true)
 }
 
 // loadCert reads, checks, caches and tracks the stored certificate of name
@@ -133,7 +138,7 @@ func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.C
 			zapName(name), zapKeyType(kt), zap.Time("not_after", c.Leaf.NotAfter))
 		return nil, nil
 	}
-	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo)
+	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo, false)
 }
 
 // readCert reads and checks the certificate of name for kt, with its leaf
@@ -170,15 +175,15 @@ func (m *Manager) decodeCert(ctx context.Context, key string, b []byte, err erro
 
 // cacheCert puts c, from keyPair, in the cache in its compact form, with
 // its OCSP staple if it has a responder, and in the renewal schedule, and
-// returns the compact form.
-func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls.Certificate, ri json.RawMessage) (*tls.Certificate, error) {
+// returns the compact form. fresh says this process just obtained it.
+func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls.Certificate, ri json.RawMessage, fresh bool) (*tls.Certificate, error) {
 	cc, err := compact(c)
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
 	}
 	st, revoked, later := m.staple(ctx, name, kt, c, cc)
 	m.cache.put(name, kt, cc)
-	t := m.track(name, kt, c.Leaf, ri, st)
+	t := m.track(name, kt, c.Leaf, ri, st, fresh)
 	if revoked != nil {
 		go m.revoked(context.WithoutCancel(ctx), t, revoked)
 	}

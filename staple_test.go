@@ -116,7 +116,7 @@ func TestStapleKeptUntilNextUpdate(t *testing.T) {
 		}
 	}
 	runManager(t, m)
-	clock.Set(first.NextUpdate.Add(-time.Minute))
+	clock.setFor(m, first.NextUpdate.Add(-time.Minute))
 	waitFor(t, "the expiring staple to be dropped", func() bool { return checkStaple(t, e, "keep.example.com") == nil })
 }
 

@@ -1,0 +1,163 @@
+package acmetls
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/acmetls/acmetls/storage"
+)
+
+// The fault suite, part three: what a hostile client sends. Each test
+// prints its figures.
+
+// syncBuffer is a bytes.Buffer safe for the server's logger.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Item 4: a 64 KiB server name is refused before any other work: it costs
+// no more than an ordinary bad name, reads nothing, and its error (the
+// server's log line) quotes at most about 100 bytes of it.
+func TestOversizedServerName(t *testing.T) {
+	t.Parallel()
+	st := &countingStorage{Storage: &storage.Memory{}}
+	m := &Manager{Storage: st}
+	huge := strings.Repeat("a", 64<<10)
+	hugeHello := &tls.ClientHelloInfo{ServerName: huge, SupportedVersions: []uint16{tls.VersionTLS13}}
+	badHello := &tls.ClientHelloInfo{ServerName: "bad_name!.example.com", SupportedVersions: []uint16{tls.VersionTLS13}}
+	_, err := m.GetCertificate(hugeHello)
+	var ne *NameError
+	if !errors.As(err, &ne) || len(err.Error()) > 300 {
+		t.Fatalf("a 64 KiB name: %d-byte error %.300v", len(err.Error()), err)
+	}
+	cost := func(h *tls.ClientHelloInfo) float64 {
+		best := 0.0
+		for range 3 {
+			r := testing.Benchmark(func(b *testing.B) {
+				for b.Loop() {
+					_, _ = m.GetCertificate(h)
+				}
+			})
+			if ns := float64(r.T.Nanoseconds()) / float64(r.N); best == 0 || ns < best {
+				best = ns
+			}
+		}
+		return best
+	}
+	bad, long := cost(badHello), cost(hugeHello)
+
+	// Through a real server: the handshake error it logs.
+	var logged syncBuffer
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.TLS = m.TLSConfig()
+	srv.Config.ErrorLog = log.New(&logged, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+	name := strings.Repeat("a", 60_000) // what fits in one ClientHello
+	conn, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{ServerName: name})
+	if err == nil {
+		conn.Close()
+		t.Fatal("handshake succeeded")
+	}
+	waitFor(t, "the server's log line", func() bool { return strings.Contains(logged.String(), "handshake error") })
+	line := strings.TrimSpace(logged.String())
+	t.Logf("64 KiB server name: %.0f ns to refuse (an ordinary bad name: %.0f ns, ratio %.2f), %d storage reads; 60 KB name over TLS: server log line of %d bytes",
+		long, bad, long/bad, st.loads.Load(), len(line))
+	if long > 10*bad {
+		t.Errorf("a 64 KiB name costs %.1fx an ordinary bad name", long/bad)
+	}
+	if len(line) > 1024 || st.loads.Load() != 0 {
+		t.Errorf("log line of %d bytes: %.200s; %d reads", len(line), line, st.loads.Load())
+	}
+}
+
+// Item 5: http-01 tokens are checked before storage is read: an oversized
+// or malformed token is a 404 that reads nothing and logs nothing; tokens
+// that differ in case only are distinct answers.
+func TestChallengeTokensAreChecked(t *testing.T) {
+	t.Parallel()
+	mem := &storage.Memory{}
+	st := &countingStorage{Storage: mem}
+	core, logs := observer.New(zapcore.DebugLevel)
+	m := &Manager{Storage: st, Logger: zap.New(core)}
+	srv := httptest.NewServer(m.HTTPHandler(nil))
+	defer srv.Close()
+	var statuses []int
+	for _, tok := range []string{strings.Repeat("A", 5000), "..%2F..%2Fetc%2Fpasswd", "tok.en", "tok%00en", "x y"} {
+		resp, err := http.Get(srv.URL + httpChallengePath + tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		statuses = append(statuses, resp.StatusCode)
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("token %.40q: status %d, want 404", tok, resp.StatusCode)
+		}
+	}
+	// A megabyte token does not even reach the handler.
+	rec := httptest.NewRecorder()
+	m.HTTPHandler(nil).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, httpChallengePath+strings.Repeat("b", 1<<20), nil))
+	statuses = append(statuses, rec.Code)
+	logBytes := 0
+	for _, e := range logs.All() {
+		logBytes += len(e.Message)
+		for _, f := range e.Context {
+			logBytes += len(f.String) + len(f.Key)
+		}
+	}
+	t.Logf("hostile tokens (5 KB, path traversal, dots, NUL, space, 1 MB): statuses %v, %d storage reads, %d bytes logged", statuses, st.loads.Load(), logBytes)
+	if st.loads.Load() != 0 || rec.Code != http.StatusNotFound || logBytes > 1024 {
+		t.Errorf("%d reads, 1 MB token status %d, %d bytes logged", st.loads.Load(), rec.Code, logBytes)
+	}
+
+	// Tokens are case-sensitive: two that differ in case only are two
+	// answers, each served by a sibling reading storage.
+	ctx := context.Background()
+	upper, lower := "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcd", "abcdefghijklmnopqrstuvwxyz0123456789-_abcd"
+	for tok, ka := range map[string]string{upper: "ka-upper", lower: "ka-lower"} {
+		if err := (solver{m}).Present(ctx, acme.Challenge{Type: acme.ChallengeTypeHTTP01, Token: tok, KeyAuthorization: ka}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sibling := httptest.NewServer((&Manager{Storage: mem}).HTTPHandler(nil))
+	defer sibling.Close()
+	for tok, want := range map[string]string{upper: "ka-upper", lower: "ka-lower"} {
+		resp, err := http.Get(sibling.URL + httpChallengePath + tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != want {
+			t.Errorf("token %s from storage: %q, want %q", tok, body, want)
+		}
+	}
+}
