@@ -79,7 +79,9 @@ func TestOpenSSLResponderIsStapled(t *testing.T) {
 	})
 	// A connection without a request stops it: wait for it to say it
 	// listens rather than probe it.
-	waitFor(t, "openssl ocsp to listen", func() bool { return bytes.Contains([]byte(out.String()), []byte("waiting for OCSP client connections")) })
+	waitFor(t, "openssl ocsp to listen", func() bool {
+		return bytes.Contains([]byte(out.String()), []byte("waiting for OCSP client connections"))
+	})
 	m.refreshStaple(ctx, m.tracked(name, ECDSAP256))
 	cs, err := e.handshake(name, nil)
 	if err != nil {
