@@ -112,10 +112,8 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 				zapName(name), zapKeyType(kt), zap.Time("not_before", leaf.NotBefore), zap.Time("now", now))
 		}
 	}
-	var info acme.RenewalInfo
-	if len(ri) > 0 && json.Unmarshal(ri, &info) == nil && info.HasWindow() {
-		w := renew.Window{Start: info.SuggestedWindow.Start, End: info.SuggestedWindow.End}
-		t.ari = t.ari.Update(w, info.ExplanationURL, time.Time{}, now, rand.Float64())
+	if w, explanation, ok := storedWindow(ri); ok {
+		t.ari = t.ari.Update(w, explanation, time.Time{}, now, rand.Float64())
 	}
 	// Renewal information is read at least twice a day; a first read is
 	// spread over that period.
@@ -133,6 +131,21 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 	s.schedule(t, now)
 	return t
 }
+
+// storedWindow decodes the renewal information stored with a certificate
+// (the CA's answer, as JSON): its window, if it has a valid one, and its
+// explanation URL.
+func storedWindow(ri json.RawMessage) (renew.Window, string, bool) {
+	var info acme.RenewalInfo
+	if len(ri) == 0 || len(ri) > maxRenewalInfoSize || json.Unmarshal(ri, &info) != nil {
+		return renew.Window{}, "", false
+	}
+	w := renew.Window{Start: info.SuggestedWindow.Start, End: info.SuggestedWindow.End}
+	return w, info.ExplanationURL, w.Valid()
+}
+
+// maxRenewalInfoSize bounds the stored renewal information read.
+const maxRenewalInfoSize = 64 << 10
 
 // schedule computes when t is due and queues it. The caller holds s.mu.
 func (s *schedule) schedule(t *tracked, now time.Time) {

@@ -132,16 +132,25 @@ func checkKeyContained(t *testing.T, name string) {
 	t.Helper()
 	for _, key := range []string{
 		storage.CertKey(name, "ecdsa-p256"),
+		storage.CertKey("a.example.com", name),
+		storage.StateKey(name, name),
+		storage.StapleKey(name, name),
 		storage.TLSALPNChallengeKey(name),
 		storage.HTTPChallengeKey(name),
 		storage.AccountKey(name, name),
 	} {
 		clean := path.Clean(key)
-		if clean != key || !strings.HasPrefix(key, storage.Prefix+"/") {
+		if clean != key || !strings.HasPrefix(key, storage.Prefix+"/") || strings.Count(key, "/") > 4 {
 			t.Errorf("name %q makes key %q, which leaves its prefix", name, key)
 		}
 		if strings.ContainsAny(key, "\x00\\") {
 			t.Errorf("name %q makes key %q with a NUL or backslash", name, key)
+		}
+	}
+	// Lock names are one segment: no slash at all.
+	for _, lock := range []string{storage.CertLockName(name), storage.AccountLockName(name, name)} {
+		if strings.ContainsAny(lock, "/\x00\\") || !strings.HasPrefix(lock, storage.Prefix+"-") {
+			t.Errorf("name %q makes lock name %q", name, lock)
 		}
 	}
 }

@@ -60,13 +60,18 @@ func (t retryAfterTransport) CloseIdleConnections() {
 	}
 }
 
+// maxRetryAfterSeconds bounds a Retry-After in seconds: a year.
+const maxRetryAfterSeconds = 365 * 24 * 3600
+
 // parseRetryAfter reads a Retry-After header: seconds, or an HTTP date.
 func parseRetryAfter(v string, now time.Time) (time.Time, bool) {
 	if v == "" {
 		return time.Time{}, false
 	}
-	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
-		return now.Add(time.Duration(secs) * time.Second), true
+	if secs, err := strconv.ParseUint(v, 10, 63); err == nil {
+		// A number of seconds that would overflow a Duration is
+		// "much later", which the caller bounds anyway.
+		return now.Add(time.Duration(min(secs, maxRetryAfterSeconds)) * time.Second), true
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		return t, true
