@@ -185,8 +185,11 @@ func (s *schedule) push(t *tracked) {
 // when it is due (by the CA's renewal information, else at a third of its
 // lifetime remaining), spreading renewals that fall due together and
 // running at most RenewConcurrency at once, and backs off failures as the
-// renewal state in storage says. It returns nil when ctx ends, after the
-// renewals in flight have stopped.
+// renewal state in storage says. It refreshes OCSP staples and drops
+// those about to expire, and writes to storage what storage refused
+// before (certificates served from memory meanwhile). It returns nil when
+// ctx ends, after the work in flight has stopped; renewals cut short by
+// the end are not recorded as failures.
 //
 // Certificates are maintained once the Manager holds them: names given to
 // ManageSync, and names loaded or obtained on demand.
