@@ -61,14 +61,16 @@ func runManager(t *testing.T, m *Manager) {
 // A certificate in its last third is renewed by Run, with "replaces", and
 // handshakes during the renewal never fail: they get the old certificate,
 // then the new one. The CA offers no renewal information here, so the
-// lifetime ratio alone decides (half, for this short lifetime).
+// lifetime ratio alone decides; the Manager's clock is moved to it.
 func TestRunRenewsInTheRatioWindow(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, acmetest.Options{Validity: 20 * time.Second, DisableARI: true})
+	e := newEnv(t, acmetest.Options{DisableARI: true})
+	clock := newFakeClock(time.Now())
 	var evs events
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
 		m.OnEvent = evs.add
+		m.clock = clock
 	})
 	const name = "ratio.example.com"
 	if err := m.ManageSync(context.Background(), name); err != nil {
@@ -84,14 +86,12 @@ func TestRunRenewsInTheRatioWindow(t *testing.T) {
 	var failed, served atomic.Int32
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for {
 			select {
 			case <-stop:
 				return
-			case <-time.After(50 * time.Millisecond):
+			case <-time.After(20 * time.Millisecond):
 			}
 			if _, err := e.handshake(name, nil); err != nil {
 				failed.Add(1)
@@ -99,17 +99,20 @@ func TestRunRenewsInTheRatioWindow(t *testing.T) {
 				served.Add(1)
 			}
 		}
-	}()
+	})
 
 	runManager(t, m)
+	ratio := renew.RatioTime(nb, na)
+	clock.setFor(m, ratio.Add(-time.Minute))
+	time.Sleep(100 * time.Millisecond)
+	if n := len(evs.of(EventRenewed)); n != 0 {
+		t.Fatalf("renewed before the ratio: %d", n)
+	}
+	clock.setFor(m, ratio.Add(renewSpread)) // past any spreading
 	waitFor(t, "the renewal", func() bool { return len(evs.of(EventRenewed)) >= 1 })
-	renewedAt := time.Now()
 	close(stop)
 	wg.Wait()
 
-	if renewedAt.Before(renew.RatioTime(nb, na).Add(-time.Second)) || renewedAt.After(na) {
-		t.Errorf("renewed at +%v of a %v lifetime", renewedAt.Sub(nb).Round(time.Second), na.Sub(nb).Round(time.Second))
-	}
 	cs, err = e.handshake(name, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -117,11 +120,11 @@ func TestRunRenewsInTheRatioWindow(t *testing.T) {
 	if cs.PeerCertificates[0].SerialNumber.Cmp(oldSerial) == 0 {
 		t.Error("still serving the old certificate after the renewal")
 	}
-	if n := failed.Load(); n != 0 {
+	if n := failed.Load(); n != 0 || served.Load() == 0 {
 		t.Errorf("%d of %d handshakes failed during the renewal", n, n+served.Load())
 	}
 	orders := e.ca.Orders()
-	if len(orders) < 2 || orders[1].Replaces == "" {
+	if len(orders) != 2 || orders[1].Replaces == "" {
 		t.Errorf("orders = %+v, want a second one with replaces", orders)
 	}
 }
@@ -306,16 +309,18 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	}
 }
 
-// Two Managers sharing storage renew a due certificate once. Without
-// renewal information, the renewed certificate is not due for ten seconds.
+// Two Managers sharing storage renew a due certificate once: the second
+// finds the renewed one in storage under the lock.
 func TestSharedStorageRenewsOnce(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, acmetest.Options{Validity: 20 * time.Second, DisableARI: true})
+	e := newEnv(t, acmetest.Options{DisableARI: true})
+	clock := newFakeClock(time.Now())
 	var evs1, evs2 events
 	mk := func(evs *events) *Manager {
 		return e.manager(func(m *Manager) {
 			m.KeyTypes = []KeyType{ECDSAP256}
 			m.OnEvent = evs.add
+			m.clock = clock
 		})
 	}
 	m1, m2 := mk(&evs1), mk(&evs2)
@@ -325,10 +330,15 @@ func TestSharedStorageRenewsOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	old := m1.tracked(name, ECDSAP256).serial
 	runManager(t, m1)
 	runManager(t, m2)
-	waitFor(t, "a renewal", func() bool { return len(evs1.of(EventRenewed))+len(evs2.of(EventRenewed)) >= 1 })
-	time.Sleep(2 * time.Second) // time for a second renewal, which must not come
+	clock.setFor(m1, clock.Now().Add(80*24*time.Hour))
+	clock.setFor(m2, clock.Now())
+	waitFor(t, "both to hold the renewed certificate", func() bool {
+		s1, s2 := m1.tracked(name, ECDSAP256).serial, m2.tracked(name, ECDSAP256).serial
+		return s1 != old && s1 == s2
+	})
 	if n := e.ca.FinalizationsFor(name, "ECDSA"); n != 2 {
 		t.Errorf("finalizations = %d, want 2 (the first and one renewal)", n)
 	}
@@ -336,11 +346,13 @@ func TestSharedStorageRenewsOnce(t *testing.T) {
 
 // Run leaves no goroutine behind once its context ends.
 func TestRunLeavesNoGoroutine(t *testing.T) {
-	e := newEnv(t, acmetest.Options{Validity: 10 * time.Second, DisableARI: true})
+	e := newEnv(t, acmetest.Options{DisableARI: true})
+	clock := newFakeClock(time.Now())
 	var evs events
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
 		m.OnEvent = evs.add
+		m.clock = clock
 		// The file storage's lock refresher outlives Unlock by up to its
 		// interval, by design; this test is about Run's own goroutines.
 		m.Storage = &storage.Memory{}
@@ -353,6 +365,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
+	clock.setFor(m, clock.Now().Add(80*24*time.Hour))
 	waitFor(t, "a renewal", func() bool { return len(evs.of(EventRenewed)) >= 1 })
 	cancel()
 	if err := <-done; err != nil {
@@ -365,17 +378,20 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 // handshake asking for them.
 func TestRunRenewsOnDemandNames(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, acmetest.Options{Validity: 20 * time.Second})
+	e := newEnv(t, acmetest.Options{})
+	clock := newFakeClock(time.Now())
 	var evs events
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
 		m.OnDemand = &OnDemand{Names: []string{"ondemand.example.com"}}
 		m.OnEvent = evs.add
+		m.clock = clock
 	})
 	if _, err := e.handshake("ondemand.example.com", nil); err != nil {
 		t.Fatal(err)
 	}
 	runManager(t, m)
+	clock.setFor(m, clock.Now().Add(80*24*time.Hour))
 	waitFor(t, "the renewal", func() bool { return len(evs.of(EventRenewed)) >= 1 })
 	if n := e.ca.FinalizationsFor("ondemand.example.com", "ECDSA"); n < 2 {
 		t.Errorf("finalizations = %d, want a renewal", n)
