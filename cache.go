@@ -336,14 +336,21 @@ func (c *cache) syncFew(i int) {
 	c.few.Store(next)
 }
 
-// put publishes the certificate of type kt for name (a "*.parent" name is a
-// wildcard), keeping the name's other certificate. It returns the new pair.
-func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
+// place returns the ring key of name (a "*.parent" name is its parent's
+// wildcard), its shard and its hash.
+func (c *cache) place(name string) (ringKey, int, uint64) {
 	rk := ringKey{key: name}
 	if parent, ok := wildcardParent(name); ok {
 		rk = ringKey{key: parent, wild: true}
 	}
 	i, h := c.locate(rk.key)
+	return rk, i, h
+}
+
+// put publishes the certificate of type kt for name (a "*.parent" name is a
+// wildcard), keeping the name's other certificate. It returns the new pair.
+func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
+	rk, i, h := c.place(name)
 	sh, w := &c.shards[i], &c.writers[i]
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -367,11 +374,7 @@ func (c *cache) put(name string, kt KeyType, cert *tls.Certificate) *certPair {
 // cached is still old, and reports whether it did: what was made for one
 // certificate (its staple) never lands on its replacement.
 func (c *cache) replace(name string, kt KeyType, old, cert *tls.Certificate) bool {
-	rk := ringKey{key: name}
-	if parent, ok := wildcardParent(name); ok {
-		rk = ringKey{key: parent, wild: true}
-	}
-	i, h := c.locate(rk.key)
+	rk, i, h := c.place(name)
 	sh, w := &c.shards[i], &c.writers[i]
 	w.mu.Lock()
 	defer w.mu.Unlock()

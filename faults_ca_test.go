@@ -185,28 +185,44 @@ func TestRenewalLeavesATenthOfTheLifetime(t *testing.T) {
 	}
 }
 
-// hangOrders makes the CA hold new orders until the client leaves or
-// release is called, and counts those it holds. Call release before the
-// CA closes (a cleanup registered after newEnv's).
-func hangOrders(hanging *atomic.Int32) (intercept func(http.ResponseWriter, *http.Request) bool, release func()) {
-	gate := make(chan struct{})
-	var once sync.Once
-	return func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path != "/order-plz" {
-			return false
-		}
-		// Read the body, so that the server notices the client leaving.
-		_, _ = io.Copy(io.Discard, r.Body)
-		hanging.Add(1)
-		defer hanging.Add(-1)
-		select {
-		case <-r.Context().Done():
-		case <-gate:
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		return true
-	}, func() { once.Do(func() { close(gate) }) }
+// hangingCA makes the CA hold new orders, while on, until the client
+// leaves or the test ends, and counts those it holds.
+type hangingCA struct {
+	on   atomic.Bool
+	held atomic.Int32
+	gate chan struct{}
+	once sync.Once
 }
+
+// newHangingEnv is newEnv with a CA that hangs new orders while the
+// returned switch is on (it starts on if hang is true).
+func newHangingEnv(t *testing.T, opts acmetest.Options, hang bool) (*env, *hangingCA) {
+	h := &hangingCA{gate: make(chan struct{})}
+	h.on.Store(hang)
+	opts.Intercept = h.intercept
+	e := newEnv(t, opts)
+	t.Cleanup(h.release) // before the CA closes
+	return e, h
+}
+
+func (h *hangingCA) intercept(w http.ResponseWriter, r *http.Request) bool {
+	if !h.on.Load() || r.URL.Path != "/order-plz" {
+		return false
+	}
+	// Read the body, so that the server notices the client leaving.
+	_, _ = io.Copy(io.Discard, r.Body)
+	h.held.Add(1)
+	defer h.held.Add(-1)
+	select {
+	case <-r.Context().Done():
+	case <-h.gate:
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	return true
+}
+
+// release answers the orders held, and the next ones, with a 503.
+func (h *hangingCA) release() { h.once.Do(func() { close(h.gate) }) }
 
 // dueManager returns a Manager holding a certificate for name that is
 // long past due, on a fake clock, and the clock.
@@ -229,21 +245,15 @@ func dueManager(t *testing.T, e *env, name string, evs *events) (*Manager, *fake
 // stops, and nothing is recorded as a failure.
 func TestShutdownIsNotAFailure(t *testing.T) {
 	t.Parallel()
-	var hanging atomic.Int32
-	var hang atomic.Bool
-	hanger, release := hangOrders(&hanging)
-	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
-		return hang.Load() && hanger(w, r)
-	}})
-	t.Cleanup(release)
+	e, ca := newHangingEnv(t, acmetest.Options{}, false)
 	var evs events
 	const name = "shutdown.example.com"
 	m, _ := dueManager(t, e, name, &evs)
-	hang.Store(true)
+	ca.on.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	waitFor(t, "the renewal to reach the CA", func() bool { return hanging.Load() == 1 })
+	waitFor(t, "the renewal to reach the CA", func() bool { return ca.held.Load() == 1 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -259,24 +269,18 @@ func TestShutdownIsNotAFailure(t *testing.T) {
 // Item 13: Run returns with nothing left running, even with renewals
 // stuck at a hanging CA, and closes the idle connections of its client.
 func TestRunLeavesNothingWithAHangingCA(t *testing.T) {
-	var hanging atomic.Int32
-	var hang atomic.Bool
-	hanger, release := hangOrders(&hanging)
-	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
-		return hang.Load() && hanger(w, r)
-	}})
-	t.Cleanup(release)
+	e, ca := newHangingEnv(t, acmetest.Options{}, false)
 	var evs events
 	m, _ := dueManager(t, e, "leak.example.com", &evs)
 	closes := &closeCounter{RoundTripper: m.client.HTTPClient.Transport.(retryAfterTransport).base}
 	m.client.HTTPClient.Transport = retryAfterTransport{base: closes}
 	m.client.HTTPClient.CloseIdleConnections()
-	hang.Store(true)
+	ca.on.Store(true)
 	ignore := goleak.IgnoreCurrent()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	waitFor(t, "the renewal to reach the CA", func() bool { return hanging.Load() == 1 })
+	waitFor(t, "the renewal to reach the CA", func() bool { return ca.held.Load() == 1 })
 	before := closes.n.Load()
 	cancel()
 	if err := <-done; err != nil {
@@ -306,10 +310,7 @@ func (c *closeCounter) CloseIdleConnections() {
 // freed stop; those already at the CA finish.
 func TestIssuancesStopWhenTheirClientsLeave(t *testing.T) {
 	t.Parallel()
-	var hanging atomic.Int32
-	intercept, release := hangOrders(&hanging)
-	e := newEnv(t, acmetest.Options{Intercept: intercept})
-	t.Cleanup(release)
+	e, ca := newHangingEnv(t, acmetest.Options{}, true)
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
 		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
@@ -332,11 +333,11 @@ func TestIssuancesStopWhenTheirClientsLeave(t *testing.T) {
 	wg.Wait()
 	waitFor(t, "work without clients to stop", func() bool { return m.obtains.Len() <= maxConcurrentOrders })
 	t.Logf("30 first issuances whose clients left after 1 s, the CA hanging: %d still running after the handshakes' %v (%d at the CA)",
-		m.obtains.Len(), m.handshakeTimeout, hanging.Load())
-	if hanging.Load() > maxConcurrentOrders {
-		t.Errorf("%d orders at the CA", hanging.Load())
+		m.obtains.Len(), m.handshakeTimeout, ca.held.Load())
+	if ca.held.Load() > maxConcurrentOrders {
+		t.Errorf("%d orders at the CA", ca.held.Load())
 	}
-	release()
+	ca.release()
 	waitFor(t, "the orders at the CA to end", func() bool { return m.obtains.Len() == 0 })
 }
 

@@ -6,11 +6,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -200,15 +198,9 @@ func TestStapleLandsOnItsOwnCertificate(t *testing.T) {
 // its last good staple while its replacement is on the way.
 func TestRevokedServedWithoutGoodStaple(t *testing.T) {
 	t.Parallel()
-	var hanging atomic.Int32
-	var hang atomic.Bool
-	hanger, release := hangOrders(&hanging)
 	r := acmetest.NewResponder(time.Hour)
 	t.Cleanup(r.Close)
-	e := newEnv(t, acmetest.Options{OCSPResponderURL: r.URL, Intercept: func(w http.ResponseWriter, req *http.Request) bool {
-		return hang.Load() && hanger(w, req)
-	}})
-	t.Cleanup(release)
+	e, ca := newHangingEnv(t, acmetest.Options{OCSPResponderURL: r.URL}, false)
 	r.Attach(e.ca)
 	m := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} })
 	const name = "revoking.example.com"
@@ -220,13 +212,13 @@ func TestRevokedServedWithoutGoodStaple(t *testing.T) {
 	}
 	cs, _ := e.handshake(name, nil)
 	r.Revoke(cs.PeerCertificates[0].SerialNumber)
-	hang.Store(true)
+	ca.on.Store(true)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		m.refreshStaple(context.Background(), m.tracked(name, ECDSAP256))
 	}()
-	waitFor(t, "the replacement to reach the CA", func() bool { return hanging.Load() == 1 })
+	waitFor(t, "the replacement to reach the CA", func() bool { return ca.held.Load() == 1 })
 	cs, err := e.handshake(name, &tls.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -235,6 +227,6 @@ func TestRevokedServedWithoutGoodStaple(t *testing.T) {
 	if len(cs.OCSPResponse) != 0 {
 		t.Error("a revoked certificate is served with its last good staple")
 	}
-	release()
+	ca.release()
 	<-done
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"runtime"
 	"strings"
@@ -209,22 +208,7 @@ func TestUnwritableCertificatesAreServedFromMemory(t *testing.T) {
 // documented bound (the pool's and one per order slot), not one per name.
 func TestHangingCABoundsDatabaseConnections(t *testing.T) {
 	t.Parallel()
-	release := make(chan struct{})
-	var hanging atomic.Int32
-	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path != "/order-plz" {
-			return false
-		}
-		_, _ = io.Copy(io.Discard, r.Body) // so that the server notices the client leaving
-		hanging.Add(1)
-		defer hanging.Add(-1)
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-		return true
-	}})
+	e, ca := newHangingEnv(t, acmetest.Options{}, true)
 	url := pgtest.DB(t)
 	ctx := context.Background()
 	st, err := postgres.Open(ctx, url)
@@ -241,7 +225,7 @@ func TestHangingCABoundsDatabaseConnections(t *testing.T) {
 	for i := range 60 {
 		wg.Go(func() { _, _ = e.handshake(fmt.Sprintf("new%d.example.com", i), nil) })
 	}
-	waitFor(t, "every order slot to hang at the CA", func() bool { return hanging.Load() == maxConcurrentOrders })
+	waitFor(t, "every order slot to hang at the CA", func() bool { return ca.held.Load() == maxConcurrentOrders })
 	time.Sleep(200 * time.Millisecond) // time for names beyond the slots to take what they would
 	admin, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -262,11 +246,11 @@ func TestHangingCABoundsDatabaseConnections(t *testing.T) {
 	}
 	bound := int(cfg.MaxConns) + maxConcurrentOrders
 	t.Logf("60 new names, the CA hanging: %d orders in flight, %d advisory locks, %d PostgreSQL connections (bound: pool %d + order slots %d = %d)",
-		hanging.Load(), locks, conns, cfg.MaxConns, maxConcurrentOrders, bound)
+		ca.held.Load(), locks, conns, cfg.MaxConns, maxConcurrentOrders, bound)
 	if conns > bound || locks > maxConcurrentOrders {
 		t.Errorf("%d connections and %d locks, bound %d and %d", conns, locks, bound, maxConcurrentOrders)
 	}
-	close(release)
+	ca.release()
 	wg.Wait()
 }
 
