@@ -160,13 +160,16 @@ type Manager struct {
 	accounts inflight.Group[*acme.Account]    // by CA and email
 	chal     challenges
 	orders   chan struct{} // one token per order in flight
-	turns    turns         // one order at a time per name
-	interned interner
-	names    storedNames  // which names storage holds
-	denied   recentErrors // names the on-demand policy refused, by name
-	failing  recentErrors // first issuances backing off, by failingKey
-	unsaved  unsaved      // writes storage refused
-	confErr  configErr    // the last configuration error
+	// backgroundOrders holds one token per order in flight that no
+	// handshake waits for: half of orders at most.
+	backgroundOrders chan struct{}
+	turns            turns // one order at a time per name
+	interned         interner
+	names            storedNames  // which names storage holds
+	denied           recentErrors // names the on-demand policy refused, by name
+	failing          recentErrors // first issuances backing off, by failingKey
+	unsaved          unsaved      // writes storage refused
+	breaker          breaker      // failures that are no name's
 
 	mu      sync.RWMutex        // guards managed and account
 	managed map[string]struct{} // names given to ManageSync
@@ -228,6 +231,7 @@ func (m *Manager) setup() {
 	m.cache = newCache(m.cacheCapacity())
 	m.names.seed = maphash.MakeSeed()
 	m.orders = make(chan struct{}, maxConcurrentOrders)
+	m.backgroundOrders = make(chan struct{}, maxConcurrentOrders/2)
 	m.sched.wake = make(chan struct{}, 1)
 	m.sched.limit.PerHour = m.RenewPerHour
 	m.ocspHTTP = &http.Client{Timeout: 10 * time.Second}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"sync"
+	"time"
 
 	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
@@ -21,9 +22,10 @@ const acmeTLS1Protocol = "acme-tls/1"
 // The same answers are written to storage, so a sibling process that the
 // CA reaches instead answers too.
 type challenges struct {
-	mu   sync.RWMutex                // guards http and alpn
-	http map[string]string           // token -> key authorization
-	alpn map[string]*tls.Certificate // name -> tls-alpn-01 certificate
+	mu    sync.RWMutex                // guards http and alpn
+	http  map[string]string           // token -> key authorization
+	alpn  map[string]*tls.Certificate // name -> tls-alpn-01 certificate
+	reads answerReads                 // storage reads for names not served
 }
 
 // isChallengeHello reports whether hello is a tls-alpn-01 validation: a
@@ -61,7 +63,7 @@ func (s solver) Present(ctx context.Context, chal acme.Challenge) error {
 		}
 		c.http[chal.Token] = chal.KeyAuthorization
 		c.mu.Unlock()
-		return s.m.store.Store(ctx, storage.HTTPChallengeKey(chal.Token), b)
+		return storeAnswer(ctx, s.m, storage.HTTPChallengeKey(chal.Token), b)
 	case acme.ChallengeTypeTLSALPN01:
 		cert, err := acmez.TLSALPN01ChallengeCert(chal)
 		if err != nil {
@@ -73,9 +75,18 @@ func (s solver) Present(ctx context.Context, chal acme.Challenge) error {
 		}
 		c.alpn[chal.Identifier.Value] = cert
 		c.mu.Unlock()
-		return s.m.store.Store(ctx, storage.TLSALPNChallengeKey(chal.Identifier.Value), b)
+		return storeAnswer(ctx, s.m, storage.TLSALPNChallengeKey(chal.Identifier.Value), b)
 	}
 	return fmt.Errorf("acmetls: unsupported challenge type %q", chal.Type)
+}
+
+// storeAnswer writes a challenge answer for the fleet; storage refusing it
+// is a storage failure, not the name's.
+func storeAnswer(ctx context.Context, m *Manager, key string, b []byte) error {
+	if err := m.store.Store(ctx, key, b); err != nil {
+		return &storageError{op: "storing the challenge answer " + key, err: err}
+	}
+	return nil
 }
 
 // CleanUp withdraws the answer from memory and storage.
@@ -96,10 +107,10 @@ func (s solver) CleanUp(ctx context.Context, chal acme.Challenge) error {
 	return nil
 }
 
-// httpAnswer returns the key authorization for an http-01 token, from
-// memory and then from storage. A string that cannot be a token is no
-// pending challenge, without a storage read.
-func (m *Manager) httpAnswer(ctx context.Context, token string) (string, error) {
+// httpAnswer returns the key authorization for an http-01 token asked for
+// host, from memory and then from storage (see mayReadAnswer). A string
+// that cannot be a token is no pending challenge, without a storage read.
+func (m *Manager) httpAnswer(ctx context.Context, host, token string) (string, error) {
 	if !storage.ValidToken(token) {
 		return "", errNoChallenge
 	}
@@ -109,6 +120,9 @@ func (m *Manager) httpAnswer(ctx context.Context, token string) (string, error) 
 	if ok {
 		return ka, nil
 	}
+	if name, err := normalizeName(host); err != nil || !m.mayReadAnswer(ctx, name) {
+		return "", errNoChallenge
+	}
 	rec, err := m.loadChallenge(ctx, storage.HTTPChallengeKey(token))
 	if err != nil {
 		return "", err
@@ -116,17 +130,21 @@ func (m *Manager) httpAnswer(ctx context.Context, token string) (string, error) 
 	if rec.Token != token {
 		return "", errNoChallenge // a record for a token that differs in case only
 	}
+	m.pending(host)
 	return rec.KeyAuthorization, nil
 }
 
 // alpnCert returns the tls-alpn-01 certificate for name, from memory and
-// then from storage.
+// then from storage (see mayReadAnswer).
 func (m *Manager) alpnCert(ctx context.Context, name string) (*tls.Certificate, error) {
 	m.chal.mu.RLock()
 	cert, ok := m.chal.alpn[name]
 	m.chal.mu.RUnlock()
 	if ok {
 		return cert, nil
+	}
+	if !m.mayReadAnswer(ctx, name) {
+		return nil, errNoChallenge
 	}
 	rec, err := m.loadChallenge(ctx, storage.TLSALPNChallengeKey(name))
 	if err != nil {
@@ -135,12 +153,69 @@ func (m *Manager) alpnCert(ctx context.Context, name string) (*tls.Certificate, 
 	if rec.Identifier != name {
 		return nil, fmt.Errorf("acmetls: stored tls-alpn-01 answer is for %q, not %q", rec.Identifier, name)
 	}
+	m.pending(name)
 	return acmez.TLSALPN01ChallengeCert(acme.Challenge{
 		Type:             acme.ChallengeTypeTLSALPN01,
 		Identifier:       acme.Identifier{Type: "dns", Value: name},
 		Token:            rec.Token,
 		KeyAuthorization: rec.KeyAuthorization,
 	})
+}
+
+// mayReadAnswer reports whether storage may be read for a challenge
+// answer for name. A name this Manager would serve itself (managed,
+// allowed on demand, perhaps stored) may be in validation by another
+// process: always. Any other name could be too, if the frontends of a
+// fleet are told different names, but a validation request costs a client
+// nothing: such reads are limited to a few a second for the process, so
+// that random names are not load on the shared database.
+func (m *Manager) mayReadAnswer(ctx context.Context, name string) bool {
+	if m.isManaged(name) || m.mayBeStored(name) {
+		return true
+	}
+	if m.denied.check(name, m.now()) == nil && m.allowed(ctx, name) == nil {
+		return true
+	}
+	return m.chal.reads.allow(m.now())
+}
+
+// pending notes that another process is validating host, whose answer
+// this one gave from storage: storage will hold its certificate soon, so
+// handshakes for it read storage, whatever the last listing said.
+func (m *Manager) pending(host string) {
+	if name, err := normalizeName(host); err == nil {
+		m.names.add(name)
+	}
+}
+
+// answerReads bounds the storage reads for challenge answers for names
+// this Manager would not serve: a token bucket of answerReadsBurst,
+// refilled at answerReadsPerSecond.
+type answerReads struct {
+	mu     sync.Mutex // guards tokens and at
+	tokens float64
+	at     time.Time
+}
+
+const (
+	answerReadsPerSecond = 5
+	answerReadsBurst     = 20
+)
+
+func (b *answerReads) allow(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.at.IsZero() {
+		b.tokens = answerReadsBurst
+	} else {
+		b.tokens = min(answerReadsBurst, b.tokens+now.Sub(b.at).Seconds()*answerReadsPerSecond)
+	}
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // errNoChallenge is returned when no challenge is pending for a token or

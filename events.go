@@ -59,8 +59,17 @@ type Event struct {
 
 // String describes e in one line, for logs and alerts.
 func (e Event) String() string {
-	s := fmt.Sprintf("%s %s (%s)", e.Kind, e.ServerName, e.KeyType)
-	if e.Err != nil {
+	s := string(e.Kind) + " " + e.ServerName
+	if e.KeyType != "" {
+		s += " (" + string(e.KeyType) + ")"
+	}
+	switch {
+	case e.Err == nil:
+	case e.NextAttempt.IsZero():
+		s += fmt.Sprintf(": %v", e.Err)
+	case e.Attempt == 0:
+		s += fmt.Sprintf(": not counted against the name, next at %s: %v", e.NextAttempt.Format(time.RFC3339), e.Err)
+	default:
 		s += fmt.Sprintf(": attempt %d, next at %s: %v", e.Attempt, e.NextAttempt.Format(time.RFC3339), e.Err)
 	}
 	return s

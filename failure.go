@@ -28,10 +28,13 @@ import (
 //     that cannot be written never lets a name order again at once;
 //   - a handshake that waits on a first issuance that backs off fails from
 //     memory (failing), reading storage at most once per failingMemory;
-//   - a configuration error (terms not agreed, the CA's certificate not
-//     trusted, ...) is nobody's backoff: it is returned at once, reported,
-//     remembered briefly so that the CA is not asked again per handshake,
-//     and never stored;
+//   - a failure that is not any one name's is nobody's backoff: a
+//     configuration error (terms not agreed, the CA's certificate not
+//     trusted, ...), the CA down or failing for everyone, storage that
+//     cannot lock or take a challenge answer. It trips the Manager's
+//     breaker: it is reported, every attempt fails at once with it for a
+//     while (a minute, growing to ten for an outage), and nothing is
+//     recorded against names, which go ahead at once when it clears;
 //   - a shutdown is not a failure.
 
 // errBackingOff is returned when an attempt is not allowed yet.
@@ -40,12 +43,14 @@ var errBackingOff = errors.New("acmetls: backing off after failures")
 // backingOffError is errBackingOff for one name and key type, with the
 // time of the next attempt.
 type backingOffError struct {
-	next time.Time
-	msg  string
+	next  time.Time
+	msg   string
+	cause error // the breaker's error, if it is what holds back
 }
 
 func (e *backingOffError) Error() string        { return e.msg }
 func (e *backingOffError) Is(target error) bool { return target == errBackingOff }
+func (e *backingOffError) Unwrap() error        { return e.cause }
 
 // failingMemory is how long a frontend answers handshakes that wait on a
 // first issuance that backs off without looking at storage: at most one
@@ -57,6 +62,11 @@ const failingMemory = time.Minute
 // asking the CA again: a restart with the configuration fixed retries at
 // once.
 const configErrorMemory = time.Minute
+
+// maxOutageWait bounds the breaker's wait after an outage: one attempt per
+// process every ten minutes costs the CA nothing, and names go ahead soon
+// after it is back.
+const maxOutageWait = 10 * time.Minute
 
 // failingKey is the key under which failing remembers a failed first
 // issuance of kt for name, while p is cached for it: the name alone when
@@ -82,7 +92,7 @@ func (m *Manager) forgetFailing(name string) {
 // an attempt may start now, or the error that says why not: a recent
 // configuration error, or a backoff.
 func (m *Manager) mayAttempt(ctx context.Context, name string, kt KeyType) (renew.State, error) {
-	if err := m.configError(); err != nil {
+	if err := m.tripped(); err != nil {
 		return renew.State{}, err
 	}
 	st, err := m.loadState(ctx, name, kt)
@@ -121,13 +131,12 @@ func (m *Manager) loadState(ctx context.Context, name string, kt KeyType) (renew
 
 // failed records a failed attempt of kind (EventObtainFailed or
 // EventRenewFailed) on top of st, and reports it. It returns when the next
-// attempt may start. A configuration error is reported and remembered,
-// but not recorded as the name's failure.
+// attempt may start. A failure that is not the name's trips the breaker
+// instead, and is reported with Attempt 0.
 func (m *Manager) failed(ctx context.Context, kind EventKind, name string, kt KeyType, st renew.State, err error, retryAfter, notAfter time.Time) time.Time {
 	now := m.now()
-	if isConfigError(err) {
-		until := now.Add(configErrorMemory)
-		m.rememberConfigError(err, until)
+	if scope := scopeOf(err); scope != scopeName {
+		until := m.trip(err, scope, now, retryAfter)
 		m.emit(Event{Kind: kind, ServerName: name, KeyType: kt, NotAfter: notAfter, NextAttempt: until, Err: err})
 		return until
 	}
@@ -146,8 +155,10 @@ func (m *Manager) failed(ctx context.Context, kind EventKind, name string, kt Ke
 	return st.NextAttempt
 }
 
-// succeeded clears the failure state of a certificate just obtained.
+// succeeded clears the failure state of a certificate just obtained, and
+// the breaker: the CA and storage work.
 func (m *Manager) succeeded(ctx context.Context, name string, kt KeyType, st renew.State) {
+	m.breaker.reset()
 	m.forgetFailing(name)
 	if st.Failures == 0 {
 		return
@@ -193,29 +204,98 @@ func isConfigError(err error) bool {
 	return false
 }
 
-// configErr remembers the last configuration error until a time.
-type configErr struct {
-	mu    sync.Mutex // guards err and until
-	err   error
-	until time.Time
+// scope says whose failure an error is.
+type scope int
+
+const (
+	scopeName   scope = iota // the name's: its backoff
+	scopeConfig              // the Manager's setup
+	scopeOutage              // the CA or storage, failing for every name
+)
+
+// scopeOf classifies a failed attempt's error.
+func scopeOf(err error) scope {
+	if isConfigError(err) {
+		return scopeConfig
+	}
+	var se *storageError
+	var p acme.Problem
+	switch {
+	case errors.As(err, &se):
+		return scopeOutage
+	case errors.As(err, &p):
+		// The CA answered: about the name (validation, CAA, rate
+		// limits, ...), or about itself (5xx).
+		if p.Status >= 500 || p.Type == acme.ProblemTypeServerInternal {
+			return scopeOutage
+		}
+		return scopeName
+	}
+	// No answer from the CA: unreachable, a broken connection, a bare
+	// 5xx, or no answer in time.
+	return scopeOutage
 }
 
-func (m *Manager) rememberConfigError(err error, until time.Time) {
-	m.confErr.mu.Lock()
-	defer m.confErr.mu.Unlock()
-	m.confErr.err, m.confErr.until = err, until
+// storageError is a failure of storage itself, met while obtaining or
+// renewing: it is no name's failure.
+type storageError struct {
+	op  string
+	err error
 }
 
-// configError returns the configuration error of a recent attempt, if it
-// is still remembered.
-func (m *Manager) configError() error {
-	c := &m.confErr
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err == nil || !m.now().Before(c.until) {
+func (e *storageError) Error() string {
+	return "acmetls: storage failed " + e.op + ": " + e.err.Error()
+}
+func (e *storageError) Unwrap() error { return e.err }
+
+// breaker holds back every attempt while a failure that is not any one
+// name's lasts.
+type breaker struct {
+	mu       sync.Mutex // guards the fields below
+	err      error      // nil: closed
+	until    time.Time
+	failures int // outages in a row
+}
+
+// trip opens the breaker after err, of scope, at now; it returns until
+// when. Failures met while it is open (attempts that started before it
+// opened) do not lengthen the wait.
+func (m *Manager) trip(err error, sc scope, now, retryAfter time.Time) time.Time {
+	b := &m.breaker
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil && now.Before(b.until) {
+		return b.until
+	}
+	wait := configErrorMemory
+	if sc == scopeOutage {
+		b.failures++
+		wait = min(renew.Backoff(b.failures), maxOutageWait)
+	}
+	b.err, b.until = err, now.Add(wait)
+	if retryAfter.After(b.until) {
+		b.until = minTime(retryAfter, now.Add(time.Hour))
+	}
+	return b.until
+}
+
+// tripped returns the error that holds attempts back, if any.
+func (m *Manager) tripped() error {
+	b := &m.breaker
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil || !m.now().Before(b.until) {
 		return nil
 	}
-	return c.err
+	return &backingOffError{next: b.until, msg: fmt.Sprintf("acmetls: every name waits until %s after: %v",
+		b.until.Format(time.RFC3339), b.err), cause: b.err}
+}
+
+// reset closes the breaker.
+func (b *breaker) reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.err, b.failures = nil, 0
 }
 
 // isShutdown reports whether an attempt ended because the work it belongs

@@ -463,3 +463,95 @@ func TestConfigurationErrorIsNotRetriedPerHandshake(t *testing.T) {
 		t.Errorf("attempts: %d, then %d more; want 1 and 1", first, len(evs.of(EventObtainFailed))-first)
 	}
 }
+
+// A CA outage is no name's failure: names that met it are not held back
+// once it is over, and the attempts during it are one per breaker step for
+// the whole Manager, not one per name.
+func TestCAOutageIsNotTheNamesBackoff(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	var reached atomic.Int32
+	e := newEnv(t, acmetest.Options{Intercept: func(w http.ResponseWriter, r *http.Request) bool {
+		if !down.Load() {
+			return false
+		}
+		reached.Add(1)
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				c.Close() // gone
+				return true
+			}
+		}
+		return false
+	}})
+	clock := newFakeClock(time.Now())
+	var evs events
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
+		m.OnEvent = evs.add
+		m.clock = clock
+	})
+	if err := m.ManageSync(context.Background(), "up.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	steps := 0
+	for range 4 { // two hours of outage, handshakes for 10 names all along
+		for i := range 10 {
+			if _, err := e.handshake(fmt.Sprintf("during%d.example.com", i), nil); err == nil {
+				t.Fatal("served while the CA is down")
+			}
+		}
+		steps++
+		clock.Add(30 * time.Minute)
+	}
+	attempts := len(evs.of(EventObtainFailed))
+	down.Store(false)
+	clock.Add(maxOutageWait)
+	for i := range 10 {
+		if _, err := e.handshake(fmt.Sprintf("during%d.example.com", i), nil); err != nil {
+			t.Fatalf("after the outage: %v", err)
+		}
+	}
+	if _, err := e.handshake("up.example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("CA down for 2 hours, 10 names asked every 30 minutes: %d failed attempt(s), %d request(s) reaching the dead CA; once it is back, all 10 served at once", attempts, reached.Load())
+	if attempts > steps {
+		t.Errorf("%d attempts in %d breaker steps", attempts, steps)
+	}
+	for _, ev := range evs.of(EventObtainFailed) {
+		if ev.Attempt != 0 {
+			t.Errorf("an outage counted against %s: %v", ev.ServerName, ev)
+		}
+	}
+}
+
+// Orders no handshake waits for (the other key type, renewals) hold half of
+// the order slots at most: a client waiting for a first certificate gets
+// to the CA whatever the background does.
+func TestBackgroundOrdersLeaveSlotsForClients(t *testing.T) {
+	t.Parallel()
+	e, ca := newHangingEnv(t, acmetest.Options{}, true)
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
+		m.Storage = &storage.Memory{}
+	})
+	if err := m.init(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 * maxConcurrentOrders {
+		name := fmt.Sprintf("bg%d.example.com", i)
+		m.obtains.Go(inBackground(context.Background()), name+"/"+string(ECDSAP256), func(ctx context.Context) (*tls.Certificate, error) {
+			return m.loadOrObtain(ctx, name, ECDSAP256)
+		})
+	}
+	waitFor(t, "the background orders to reach the CA", func() bool { return ca.held.Load() == maxConcurrentOrders/2 })
+	go e.handshakeWithin("client.example.com", nil, time.Minute)
+	waitFor(t, "the client's order to reach the CA", func() bool { return ca.held.Load() == maxConcurrentOrders/2+1 })
+	t.Logf("%d background orders asked for, the CA hanging: %d at the CA, and a client's order beside them", 2*maxConcurrentOrders, maxConcurrentOrders/2)
+	ca.release()
+	waitFor(t, "the orders to end", func() bool { return m.obtains.Len() == 0 })
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
@@ -147,17 +149,54 @@ func TestChallengeTokensAreChecked(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sibling := httptest.NewServer((&Manager{Storage: mem}).HTTPHandler(nil))
-	defer sibling.Close()
+	siblingStorage := &countingStorage{Storage: mem}
+	sibling := &Manager{Storage: siblingStorage, OnDemand: &OnDemand{Names: []string{"served.example.com"}}, clock: newFakeClock(time.Now())}
+	ask := func(host, tok string) string {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, httpChallengePath+tok, nil)
+		req.Host = host
+		sibling.HTTPHandler(nil).ServeHTTP(rec, req)
+		return rec.Body.String()
+	}
 	for tok, want := range map[string]string{upper: "ka-upper", lower: "ka-lower"} {
-		resp, err := http.Get(sibling.URL + httpChallengePath + tok)
-		if err != nil {
-			t.Fatal(err)
+		if got := ask("served.example.com:80", tok); got != want {
+			t.Errorf("token %s from storage: %q, want %q", tok, got, want)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != want {
-			t.Errorf("token %s from storage: %q, want %q", tok, body, want)
+	}
+	// Well-formed random tokens for hosts the sibling would not serve:
+	// a few reads a second at most, not one per request.
+	waitFor(t, "the listing of stored names", func() bool { _, known := sibling.names.mayHold("x.example.com"); return known })
+	reads := siblingStorage.loads.Load()
+	for i := range 1000 {
+		ask(fmt.Sprintf("r%d.example.net", i), fmt.Sprintf("tok%040d", i))
+	}
+	n := siblingStorage.loads.Load() - reads
+	t.Logf("1,000 well-formed tokens for hosts not served, within an instant: %d storage reads (the bound: a burst of %d, then %d a second)", n, answerReadsBurst, answerReadsPerSecond)
+	if n > answerReadsBurst {
+		t.Errorf("%d storage reads", n)
+	}
+}
+
+// tls-alpn-01 validation hellos for names this Manager would not serve
+// read storage a few times a second at most: such a hello costs a client
+// nothing.
+func TestALPNChallengeHellosForUnservedNamesReadNothing(t *testing.T) {
+	t.Parallel()
+	st := &countingStorage{Storage: &storage.Memory{}}
+	m := &Manager{Storage: st, clock: newFakeClock(time.Now())}
+	m.GetCertificate(&tls.ClientHelloInfo{ServerName: "first.example.com", SupportedVersions: []uint16{tls.VersionTLS13}})
+	waitFor(t, "the listing of stored names", func() bool { _, known := m.names.mayHold("x.example.com"); return known })
+	before := st.loads.Load()
+	for i := range 200 {
+		hello := &tls.ClientHelloInfo{ServerName: fmt.Sprintf("a%d.example.com", i), SupportedProtos: []string{acmeTLS1Protocol},
+			SupportedVersions: []uint16{tls.VersionTLS13}}
+		if _, err := m.GetCertificate(hello); err == nil {
+			t.Fatal("a challenge certificate for a name with no challenge")
 		}
+	}
+	n := st.loads.Load() - before
+	t.Logf("200 acme-tls/1 hellos for names not served, within an instant: %d storage reads (a burst of %d, then %d a second)", n, answerReadsBurst, answerReadsPerSecond)
+	if n > answerReadsBurst {
+		t.Errorf("%d storage reads", n)
 	}
 }

@@ -63,9 +63,11 @@ func (s *writeFailingStorage) Delete(ctx context.Context, key string) error {
 	return s.Storage.Delete(ctx, key)
 }
 
-// Item 1: PostgreSQL gone read-only (a failover to a standby). A name
-// whose issuance cannot be recorded places one order per backoff step,
-// and the failures count up.
+// Item 1: PostgreSQL gone read-only (a failover to a standby). Storage
+// that cannot take a challenge answer is no name's failure: the first
+// order finds it, the breaker holds every name back for a minute, then ten,
+// and names are not charged for it. Orders: one per breaker step, however
+// many names and handshakes.
 func TestReadOnlyPostgresOrdersOncePerBackoffStep(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, acmetest.Options{})
@@ -88,40 +90,96 @@ func TestReadOnlyPostgresOrdersOncePerBackoffStep(t *testing.T) {
 	if err := ro.Store(ctx, "probe", []byte("x")); err == nil || !strings.Contains(err.Error(), "read-only") {
 		t.Fatalf("the read-only database took a write: %v", err)
 	}
-	const name = "readonly.example.com"
 	clock := newFakeClock(time.Now())
 	var evs events
-	e.manager(func(m *Manager) {
+	m := e.manager(func(m *Manager) {
 		m.Storage = ro
 		m.KeyTypes = []KeyType{ECDSAP256}
-		m.OnDemand = &OnDemand{Names: []string{name}}
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
 		m.OnEvent = evs.add
 		m.clock = clock
 	})
 	before := len(e.ca.Orders())
 	burst := func() int {
-		for range 20 {
-			if _, err := e.handshake(name, nil); err == nil {
-				t.Fatal("a handshake succeeded on read-only storage")
+		for i := range 20 {
+			for _, name := range []string{"readonly.example.com", fmt.Sprintf("other%d.example.com", i)} {
+				if _, err := e.handshake(name, nil); err == nil {
+					t.Fatal("a handshake succeeded on read-only storage")
+				}
 			}
 		}
 		return len(e.ca.Orders()) - before
 	}
 	first := burst()
-	clock.Add(time.Minute + time.Second) // the first backoff step
+	clock.Add(time.Minute + time.Second) // the breaker's first wait
 	second := burst()
+	clock.Add(2 * time.Minute) // within its second wait, ten minutes
+	third := burst()
 	var attempts []int
 	for _, ev := range evs.of(EventObtainFailed) {
 		attempts = append(attempts, ev.Attempt)
 	}
-	t.Logf("read-only PostgreSQL: 20 handshakes -> %d order(s); after the 1-minute backoff, 20 more -> %d in all; failures reported as attempts %v",
-		first, second, attempts)
-	if first > 1 || second > 2 {
-		t.Errorf("orders: %d, then %d in all; want at most one per backoff step", first, second)
+	st, _ := m.loadState(ctx, "readonly.example.com", ECDSAP256)
+	t.Logf("read-only PostgreSQL: 40 handshakes for 21 names -> %d order(s); a minute later, 40 more -> %d in all; 2 minutes on, 40 more -> %d; failures reported as attempts %v; the name's own failures: %d",
+		first, second, third, attempts, st.Failures)
+	if first > 1 || second > 2 || third != second {
+		t.Errorf("orders: %d, %d, %d in all; want at most one per breaker step", first, second, third)
 	}
-	if fmt.Sprint(attempts) != "[1 2]" {
-		t.Errorf("attempts reported %v, want [1 2]", attempts)
+	for _, a := range attempts {
+		if a != 0 {
+			t.Errorf("a storage failure was counted against a name: attempts %v", attempts)
+			break
+		}
 	}
+}
+
+// A lock storage refuses (permissions, a database gone) is reported, holds
+// every name back for a while, and leaves names uncharged.
+func TestStorageThatCannotLockIsReported(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	st := &lockFailingStorage{Storage: e.storage}
+	st.fail.Store(true)
+	clock := newFakeClock(time.Now())
+	var evs events
+	e.manager(func(m *Manager) {
+		m.Storage = st
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
+		m.OnEvent = evs.add
+		m.clock = clock
+	})
+	for i := range 20 {
+		if _, err := e.handshake(fmt.Sprintf("lock%d.example.com", i), nil); err == nil {
+			t.Fatal("served without a lock")
+		}
+	}
+	locks := st.tries.Load()
+	fails := evs.of(EventObtainFailed)
+	st.fail.Store(false)
+	clock.Add(time.Minute + time.Second)
+	if _, err := e.handshake("lock3.example.com", nil); err != nil {
+		t.Fatalf("after storage recovered: %v", err)
+	}
+	t.Logf("storage refusing locks: 20 new names -> %d lock attempt(s), %d event(s) %v; a minute after it recovered, served at once", locks, len(fails), fails)
+	if len(fails) != 1 || fails[0].Attempt != 0 || locks != 1 {
+		t.Errorf("%d lock attempts, events %v; want one of each, attempt 0", locks, fails)
+	}
+}
+
+// lockFailingStorage refuses locks while fail holds, and counts tries.
+type lockFailingStorage struct {
+	storage.Storage
+	fail  atomic.Bool
+	tries atomic.Int32
+}
+
+func (s *lockFailingStorage) Lock(ctx context.Context, name string) error {
+	s.tries.Add(1)
+	if s.fail.Load() {
+		return fmt.Errorf("open %s: operation not permitted", name)
+	}
+	return s.Storage.Lock(ctx, name)
 }
 
 // Item 1: certificate and state writes failing. A certificate the CA

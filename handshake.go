@@ -147,7 +147,7 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 	cached = m.cache.get(name)
 	for _, other := range m.keyTypes() {
 		if other != kt && (cached == nil || cached.get(other) == nil) {
-			m.obtains.Go(ctx, name+"/"+string(other), func(ctx context.Context) (*tls.Certificate, error) {
+			m.obtains.Go(inBackground(ctx), name+"/"+string(other), func(ctx context.Context) (*tls.Certificate, error) {
 				return m.loadOrObtain(ctx, name, other)
 			})
 		}

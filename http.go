@@ -19,7 +19,9 @@ const httpChallengePath = "/.well-known/acme-challenge/"
 // nothing but challenges.
 //
 // Answers come from this process's memory first, then from storage, so a
-// frontend answers for an order another frontend placed.
+// frontend answers for an order another frontend placed; storage is read
+// only for a well-formed token, and at most a few times a second for a
+// Host this Manager would not serve.
 func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 	if fallback == nil {
 		fallback = http.HandlerFunc(redirectHTTPS)
@@ -34,7 +36,11 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 			return
 		}
 		token := strings.TrimPrefix(r.URL.Path, httpChallengePath)
-		ka, err := m.httpAnswer(r.Context(), token)
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		ka, err := m.httpAnswer(r.Context(), host, token)
 		switch {
 		case errors.Is(err, errNoChallenge):
 			http.NotFound(w, r)

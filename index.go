@@ -20,8 +20,9 @@ import (
 //
 // It is filled from one listing of storage, taken in the background on
 // the first miss and again when older than namesRefresh, and kept current
-// by this process's own writes between listings. A name another process
-// stored since the last listing is found within namesRefresh. It holds 8
+// by this process's own writes between listings, and by the challenge
+// answers it gives from storage for another process's orders. A name
+// another process stored otherwise is found within namesRefresh. It holds 8
 // bytes per stored name; a collision of two names' hashes only costs a
 // storage read.
 type storedNames struct {
@@ -38,7 +39,7 @@ type storedNames struct {
 const (
 	// namesRefresh is how often the listing of stored names is taken
 	// again while handshakes miss.
-	namesRefresh = 5 * time.Minute
+	namesRefresh = time.Minute
 	// namesRetry is the least time between two listings, failed or not.
 	namesRetry = time.Minute
 	// namesListTimeout bounds one listing.

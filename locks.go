@@ -58,14 +58,41 @@ func (m *Manager) turn(ctx context.Context, name string) (func(), error) {
 }
 
 // orderSlot waits for one of the Manager's order slots, or for ctx to end,
-// and returns the function that gives it back.
+// and returns the function that gives it back. Work no handshake waits for
+// (see inBackground) may hold half of the slots at most, so that a burst of
+// background orders never makes waiting clients wait longer.
 func (m *Manager) orderSlot(ctx context.Context, name string) (func(), error) {
-	select {
-	case m.orders <- struct{}{}:
-		return func() { <-m.orders }, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("acmetls: waiting to order a certificate for %q: %w", name, ctx.Err())
+	wait := func(slots chan struct{}) error {
+		select {
+		case slots <- struct{}{}:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("acmetls: waiting to order a certificate for %q: %w", name, ctx.Err())
+		}
 	}
+	if ctx.Value(backgroundKey{}) == nil {
+		if err := wait(m.orders); err != nil {
+			return nil, err
+		}
+		return func() { <-m.orders }, nil
+	}
+	if err := wait(m.backgroundOrders); err != nil {
+		return nil, err
+	}
+	if err := wait(m.orders); err != nil {
+		<-m.backgroundOrders
+		return nil, err
+	}
+	return func() { <-m.orders; <-m.backgroundOrders }, nil
+}
+
+// backgroundKey marks a context whose orders no handshake waits for.
+type backgroundKey struct{}
+
+// inBackground returns ctx marked as work no handshake waits for: the
+// other key type of a name just obtained, renewals.
+func inBackground(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
 }
 
 // heldLock is a storage lock this process took for a name.
@@ -80,7 +107,10 @@ func (m *Manager) lock(ctx context.Context, name string) (*heldLock, error) {
 	l := &heldLock{m: m, name: storage.CertLockName(name)}
 	m.logger().Named("obtain").Debug("taking storage lock", zap.String("lock", l.name))
 	if err := m.store.Lock(ctx, l.name); err != nil {
-		return nil, fmt.Errorf("acmetls: locking %s: %w", l.name, err)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("acmetls: waiting for lock %s: %w", l.name, err)
+		}
+		return nil, &storageError{op: "taking lock " + l.name, err: err}
 	}
 	return l, nil
 }

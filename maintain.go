@@ -340,32 +340,44 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
 	defer cancel()
 	kt := t.keyType()
+	// notStarted reports an attempt that could not start: a shutdown is
+	// nothing; storage that cannot lock trips the breaker; storage that
+	// cannot be read is reported, and tried again in a minute.
+	notStarted := func(st renew.State, err error) error {
+		switch {
+		case isShutdown(parent):
+			m.requeue(t, m.now())
+		case errors.As(err, new(*storageError)):
+			m.requeue(t, m.failed(ctx, EventRenewFailed, t.name, kt, st, err, time.Time{}, t.notAfter))
+		default:
+			next := m.now().Add(renew.Backoff(1))
+			m.requeue(t, next)
+			m.emit(Event{Kind: EventRenewFailed, ServerName: t.name, KeyType: kt, NotAfter: t.notAfter, NextAttempt: next, Err: err})
+		}
+		return err
+	}
 	st, err := m.mayAttempt(ctx, t.name, kt)
 	var bo *backingOffError
 	switch {
-	case errors.As(err, &bo) && !force:
+	case errors.As(err, &bo) && (!force || bo.cause != nil):
 		m.requeue(t, bo.next)
 		return err
 	case err != nil && bo == nil:
-		m.requeue(t, m.now().Add(renew.Backoff(1)))
-		return err
+		return notStarted(st, err)
 	}
 	endTurn, err := m.turn(ctx, t.name)
 	if err != nil {
-		m.requeue(t, m.now())
-		return err
+		return notStarted(st, err)
 	}
 	defer endTurn()
-	release, err := m.orderSlot(ctx, t.name)
+	release, err := m.orderSlot(inBackground(ctx), t.name)
 	if err != nil {
-		m.requeue(t, m.now())
-		return err
+		return notStarted(st, err)
 	}
 	defer release()
 	l, err := m.lock(ctx, t.name)
 	if err != nil {
-		m.requeue(t, m.now().Add(renew.Backoff(1)))
-		return err
+		return notStarted(st, err)
 	}
 	defer l.release()
 	// Storage first: a sibling may have renewed while we waited.
@@ -421,7 +433,7 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 		return err
 	}
 	m.forgetFailing(name)
-	m.rememberConfigError(nil, time.Time{})
+	m.breaker.reset()
 	var errs []error
 	for _, kt := range m.keyTypes() {
 		st, err := m.loadState(ctx, name, kt)

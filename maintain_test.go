@@ -185,8 +185,8 @@ func TestRenewFailureScheduleAndRetryNow(t *testing.T) {
 		}
 		attempts.Add(1)
 		w.Header().Set("Content-Type", "application/problem+json")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write([]byte(`{"type":"urn:ietf:params:acme:error:serverInternal","detail":"the CA is down for maintenance"}`))
+		w.WriteHeader(http.StatusForbidden)
+		w.Write([]byte(`{"type":"urn:ietf:params:acme:error:caa","detail":"CAA record forbids issuance"}`))
 		return true
 	}})
 	clock := newFakeClock(time.Now())
@@ -267,7 +267,7 @@ func TestRenewFailureScheduleAndRetryNow(t *testing.T) {
 			t.Errorf("log line lacks %q: %v", k, fields)
 		}
 	}
-	if fields["problem_type"] != "urn:ietf:params:acme:error:serverInternal" {
+	if fields["problem_type"] != "urn:ietf:params:acme:error:caa" {
 		t.Errorf("problem_type = %v", fields["problem_type"])
 	}
 

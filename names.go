@@ -15,21 +15,23 @@ import (
 type NameError struct {
 	Name   string // as received, possibly not valid UTF-8, cut at about 1 KB
 	Reason string
+	size   int // the length of the name as received
 }
 
 // Error names the server name, at most its first maxQuoted bytes, and
 // why it is refused.
 func (e *NameError) Error() string {
-	return fmt.Sprintf("acmetls: invalid server name %s: %s", quoteName(e.Name), e.Reason)
+	return fmt.Sprintf("acmetls: invalid server name %s: %s", quoteName(e.Name, max(e.size, len(e.Name))), e.Reason)
 }
 
 // quoteName quotes at most the first maxQuoted bytes of name, and says how
-// long it was when it is longer: a client's bytes never fill a log line.
-func quoteName(name string) string {
+// long it was (size) when it is longer: a client's bytes never fill a log
+// line.
+func quoteName(name string, size int) string {
 	if len(name) <= maxQuoted {
 		return fmt.Sprintf("%q", name)
 	}
-	return fmt.Sprintf("%q... (%d bytes)", name[:maxQuoted], len(name))
+	return fmt.Sprintf("%q... (%d bytes)", name[:maxQuoted], size)
 }
 
 const (
@@ -56,6 +58,7 @@ func normalizeName(name string) (string, error) {
 }
 
 func normalizeSlow(raw string) (string, error) {
+	size := len(raw)
 	bad := func(reason string) (string, error) {
 		if len(raw) > maxRawNameLen {
 			raw = raw[:maxRawNameLen] // the error keeps no more of it
@@ -63,7 +66,7 @@ func normalizeSlow(raw string) (string, error) {
 		if len(reason) > 2*maxQuoted {
 			reason = strings.ToValidUTF8(reason[:2*maxQuoted], "") + "..." // IDNA errors quote labels
 		}
-		return "", &NameError{Name: raw, Reason: reason}
+		return "", &NameError{Name: raw, Reason: reason, size: size}
 	}
 	name := raw
 	if name == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"path"
 	"strings"
 	"testing"
@@ -180,4 +181,19 @@ func FuzzNormalizeName(f *testing.F) {
 		}
 		checkKeyContained(t, name)
 	})
+}
+
+// A refused name's error quotes about 100 bytes of it and says how long it
+// was, whatever its length.
+func TestNameErrorQuotesLittle(t *testing.T) {
+	for _, n := range []int{101, 1012, 1013, 5000, 65000} {
+		_, err := normalizeName(strings.Repeat("a", n))
+		if err == nil {
+			t.Fatalf("a %d-byte name accepted", n)
+		}
+		msg := err.Error()
+		if len(msg) > 400 || !strings.Contains(msg, fmt.Sprintf("(%d bytes)", n)) {
+			t.Errorf("%d bytes: %q", n, msg)
+		}
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 
+	"github.com/acmetls/acmetls/renew"
 	"github.com/acmetls/acmetls/storage"
 )
 
@@ -58,6 +59,9 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 	defer release()
 	l, err := m.lock(ctx, name)
 	if err != nil {
+		if ctx.Err() == nil {
+			m.failed(ctx, EventObtainFailed, name, kt, renew.State{}, err, time.Time{}, time.Time{})
+		}
 		return nil, err
 	}
 	defer l.release()
