@@ -99,6 +99,7 @@ func inBackground(ctx context.Context) context.Context {
 type heldLock struct {
 	m    *Manager
 	name string // the lock's name
+	gone bool   // lost and not taken again: nothing to release
 }
 
 // lock takes the storage lock of name, shared by every process on the
@@ -116,11 +117,16 @@ func (m *Manager) lock(ctx context.Context, name string) (*heldLock, error) {
 }
 
 // release gives the lock back, even when the work's context has ended.
-func (l *heldLock) release() { l.m.unlock(l.name) }
+func (l *heldLock) release() {
+	if !l.gone {
+		l.m.unlock(l.name)
+	}
+}
 
 // verify returns an error wrapping storage.ErrLockLost if the storage can
 // tell that this process no longer holds the lock (a PostgreSQL session
-// that was cut, say), and nil otherwise.
+// that was cut, say), another error if it could not tell, and nil if it
+// holds it or the storage cannot tell at all.
 func (l *heldLock) verify(ctx context.Context) error {
 	v, ok := l.m.store.(storage.LockVerifier)
 	if !ok {
@@ -135,6 +141,7 @@ func (l *heldLock) retake(ctx context.Context) error {
 	_ = l.m.store.Unlock(ctx2, l.name) // lost: whatever it says
 	cancel()
 	if err := l.m.store.Lock(ctx, l.name); err != nil {
+		l.gone = true
 		return fmt.Errorf("acmetls: locking %s again: %w", l.name, err)
 	}
 	return nil

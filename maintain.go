@@ -202,6 +202,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer wg.Wait()
 	slots := make(chan struct{}, m.renewConcurrency())
 	timer, stop := m.newTimer(0)
+	var flushAt time.Time // when to write again what storage refused
 	for {
 		select {
 		case <-ctx.Done():
@@ -211,13 +212,20 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-m.sched.wake:
 			stop()
 		}
-		if m.unsaved.len() > 0 {
-			m.flushUnsaved(ctx)
-		}
 		next := m.maintain(ctx, &wg, slots)
+		if m.unsaved.len() > 0 {
+			if now := m.now(); !now.Before(flushAt) {
+				m.flushUnsaved(ctx)
+				flushAt = now.Add(flushInterval)
+			}
+			next = minTime(next, flushAt)
+		}
 		timer, stop = m.newTimer(jitter(next.Sub(m.now())))
 	}
 }
+
+// flushInterval is how often Run writes again what storage refused.
+const flushInterval = 30 * time.Second
 
 // jitter returns d, at most maintainInterval and at least a tenth of a
 // second, less up to a fifth at random: Run wakes early, never late, for

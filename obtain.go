@@ -29,10 +29,11 @@ import (
 const obtainTimeout = 5 * time.Minute
 
 // loadOrObtain returns the certificate of name for kt from storage, or
-// obtains it from the CA: with an order slot, then under the storage lock
-// of the name, storage is read again, so processes sharing storage place
-// one order. Failures back off as the renewal state says. The result is
-// cached and maintained.
+// obtains it from the CA: in the name's turn, with an order slot, then
+// under the storage lock of the name (see locks.go), storage is read
+// again, so processes sharing storage place one order. Failures back off
+// as the renewal state says, or trip the breaker (see failure.go). The
+// result is cached and maintained.
 //
 // Until the order is placed, the work ends when ctx does (every handshake
 // waiting for it gone): nothing is recorded. Once placed, the order runs
@@ -93,34 +94,40 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 
 // install persists a certificate just obtained under lock l, then caches
 // and tracks it, and returns its compact form; replacing is the serial
-// (big-endian bytes) of the certificate it renews, "" for a first one. If
-// the lock was lost meanwhile (another process may have ordered too),
+// (big-endian bytes) of the certificate it renews, "" for a first one. A
+// certificate storage refuses is kept in memory and served (see unsaved).
+//
+// If the lock was lost meanwhile, another process may have ordered too:
 // storage is read again under the lock retaken, and a certificate stored
-// there that is not the one replaced wins: every process then serves the
-// same one. A certificate storage refuses is kept
-// in memory and served (see unsaved).
+// there that is not the one replaced wins, so that every process serves
+// the same one. If the lock cannot be retaken, the certificate is served
+// from memory and written later, only if storage has none newer.
 func (m *Manager) install(ctx context.Context, l *heldLock, name string, kt KeyType, c *tls.Certificate, rec *storage.CertRecord, replacing string) (*tls.Certificate, error) {
 	log := m.logger().Named("obtain")
-	if err := l.verify(ctx); err != nil {
-		log.Warn("storage lock lost while ordering; another process may have ordered too, re-reading storage",
-			zapName(name), zapKeyType(kt), zap.String("lock", l.name), zapErr(err))
-		if err := l.retake(ctx); err == nil {
-			stored, srec, err := m.readStored(ctx, name, kt)
-			if err == nil && stored != nil && m.now().Before(stored.Leaf.NotAfter) &&
-				string(stored.Leaf.SerialNumber.Bytes()) != replacing {
-				log.Info("serving the certificate another process stored", zapName(name), zapKeyType(kt),
-					zap.String("serial", stored.Leaf.SerialNumber.Text(16)),
-					zap.String("discarded_serial", c.Leaf.SerialNumber.Text(16)))
-				m.names.add(name)
-				return m.cacheCert(ctx, name, kt, stored, srec.RenewalInfo, true)
-			}
-		}
-	}
+	key := storage.CertKey(name, string(kt))
 	b, err := rec.Marshal()
 	if err != nil {
 		return nil, err
 	}
-	if err := m.write(ctx, storage.CertKey(name, string(kt)), b, name, kt); err != nil {
+	if err := l.verify(ctx); errors.Is(err, storage.ErrLockLost) {
+		log.Warn("storage lock lost while ordering; another process may have ordered too, re-reading storage",
+			zapName(name), zapKeyType(kt), zap.String("lock", l.name), zapErr(err))
+		if err := l.retake(ctx); err != nil {
+			m.unsaved.set(key, unsavedWrite{value: b, name: name, kt: kt}, true)
+			m.names.add(name)
+			return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo, true)
+		}
+		stored, srec, err := m.readStored(ctx, name, kt)
+		if err == nil && stored != nil && m.now().Before(stored.Leaf.NotAfter) &&
+			string(stored.Leaf.SerialNumber.Bytes()) != replacing {
+			log.Info("serving the certificate another process stored", zapName(name), zapKeyType(kt),
+				zap.String("serial", stored.Leaf.SerialNumber.Text(16)),
+				zap.String("discarded_serial", c.Leaf.SerialNumber.Text(16)))
+			m.names.add(name)
+			return m.cacheCert(ctx, name, kt, stored, srec.RenewalInfo, true)
+		}
+	}
+	if err := m.write(ctx, key, b, name, kt); err != nil {
 		log.Error("storing certificate; serving it from memory and retrying the write",
 			zapName(name), zapKeyType(kt), zapErr(err))
 	}
