@@ -200,3 +200,25 @@ func TestALPNChallengeHellosForUnservedNamesReadNothing(t *testing.T) {
 		t.Errorf("%d storage reads", n)
 	}
 }
+
+// Event.String says what an admin needs, and no backoff where there is
+// none.
+func TestEventString(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		e    Event
+		want string
+	}{
+		{Event{Kind: EventObtained, ServerName: "a.example.com", KeyType: ECDSAP256}, "obtained a.example.com (ecdsa-p256)"},
+		{Event{Kind: EventObtainFailed, ServerName: "a.example.com", KeyType: RSA2048, Attempt: 2, NextAttempt: at, Err: boom},
+			"obtain_failed a.example.com (rsa-2048): attempt 2, next at 2026-12-01T10:00:00Z: boom"},
+		{Event{Kind: EventObtainFailed, ServerName: "a.example.com", KeyType: RSA2048, NextAttempt: at, Err: boom},
+			"obtain_failed a.example.com (rsa-2048): not counted against the name, next at 2026-12-01T10:00:00Z: boom"},
+		{Event{Kind: EventAccountReplaced, ServerName: "a.example.com", Err: boom}, "account_replaced a.example.com: boom"},
+	} {
+		if got := tc.e.String(); got != tc.want {
+			t.Errorf("String() = %q, want %q", got, tc.want)
+		}
+	}
+}
