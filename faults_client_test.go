@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/acmetls/acmetls/internal/acmetest"
 	"github.com/acmetls/acmetls/storage"
 )
 
@@ -219,6 +220,34 @@ func TestEventString(t *testing.T) {
 	} {
 		if got := tc.e.String(); got != tc.want {
 			t.Errorf("String() = %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// The longest host names are stored like any other: their storage keys
+// and lock files fit a file system, so a client asking for one (where the
+// policy allows it) cannot make storage fail for every name.
+func TestLongestNamesAreStored(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	var evs events
+	e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
+		m.OnEvent = evs.add
+	})
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 49) + ".example.com"
+	if len(long) != maxNameLen {
+		t.Fatalf("name of %d bytes", len(long))
+	}
+	_, err := e.handshakeWithin(long, nil, time.Minute)
+	if _, err2 := e.handshakeWithin("short.example.com", nil, time.Minute); err2 != nil {
+		t.Fatalf("a short name after a 253-byte one: %v", err2)
+	}
+	t.Logf("a 253-byte name: %v; failures %v", err, evs.of(EventObtainFailed))
+	for _, ev := range evs.of(EventObtainFailed) {
+		if ev.Attempt == 0 {
+			t.Errorf("a long name tripped the breaker: %v", ev)
 		}
 	}
 }

@@ -56,8 +56,14 @@ func (s *storedNames) hash(segment string) uint64 { return maphash.String(s.seed
 // wildcard's segment is hashed in pieces.
 func (s *storedNames) mayHold(name string) (maybe, known bool) {
 	h, hw := s.hash(name), uint64(0)
+	if len(name) > storage.MaxSegment {
+		h = s.hash(storage.Safe(name)) // cut and hashed
+	}
 	_, parent, wild := splitFirstLabel(name)
-	if wild {
+	switch {
+	case wild && len(wildcardSegment)+len(parent) > storage.MaxSegment:
+		hw = s.hash(storage.Safe("*." + parent))
+	case wild:
 		var mh maphash.Hash
 		mh.SetSeed(s.seed)
 		mh.WriteString(wildcardSegment)

@@ -2,6 +2,8 @@ package acmetls
 
 import (
 	"hash/maphash"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +14,10 @@ import (
 // segment, and a wildcard's is storage.Safe of "*." and the parent.
 func TestStoredNamesMatchStorageSegments(t *testing.T) {
 	s := storedNames{seed: maphash.MakeSeed()}
-	s.hashes = []uint64{s.hash(storage.Safe("a.example.com")), s.hash(storage.Safe("*.wild.example.com"))}
+	long := strings.Repeat("l", 63) + "." + strings.Repeat("o", 63) + "." + strings.Repeat("n", 63) + ".example.com"
+	s.hashes = []uint64{s.hash(storage.Safe("a.example.com")), s.hash(storage.Safe("*.wild.example.com")),
+		s.hash(storage.Safe(long)), s.hash(storage.Safe("*." + long))}
+	slices.Sort(s.hashes)
 	s.loaded = time.Now()
 	for _, tc := range []struct {
 		name string
@@ -23,6 +28,9 @@ func TestStoredNamesMatchStorageSegments(t *testing.T) {
 		{"wild.example.com", false},
 		{"x.y.wild.example.com", false},
 		{"b.example.com", false},
+		{long, true},
+		{"x." + long, true},
+		{"y" + long[1:], false},
 	} {
 		if got, known := s.mayHold(tc.name); got != tc.want || !known {
 			t.Errorf("mayHold(%q) = %v, %v; want %v", tc.name, got, known, tc.want)

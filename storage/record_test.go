@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -72,5 +73,16 @@ func TestSafe(t *testing.T) {
 		if got := Safe(in); got != want {
 			t.Errorf("Safe(%q) = %q, want %q", in, got, want)
 		}
+	}
+	// The longest host names make segments a file system takes, with
+	// room for a lock file's prefix and suffix, and stay apart.
+	long1 := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61)
+	long2 := long1[:len(long1)-1] + "e"
+	s1, s2 := Safe(long1), Safe(long2)
+	if len(s1) > MaxSegment || s1 == s2 || Safe(long1) != s1 {
+		t.Errorf("Safe of 253-byte names: %q (%d bytes), %q", s1, len(s1), s2)
+	}
+	if n := len(CertLockName(long1)) + len(".lock"); n > 255 {
+		t.Errorf("a lock file name of %d bytes", n)
 	}
 }

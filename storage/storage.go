@@ -10,6 +10,8 @@ package storage
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"strings"
 
@@ -166,11 +168,18 @@ func caSegment(ca string) string {
 	return strings.Trim(ca, "/")
 }
 
+// MaxSegment bounds the length of a key segment Safe returns, so that a
+// key, a lock file named after it, or a file with a suffix, stays within
+// the 255 bytes a file name may have: a host name may have 253.
+const MaxSegment = 200
+
 // Safe makes s usable as exactly one key segment: lowercase letters, digits,
 // '-', '.', '_' and '@' are kept; a leading '*' becomes "wildcard_"; every
 // other byte becomes '_'; a segment made only of dots, or an empty one,
 // becomes '_'. Safe never returns a string containing '/' or equal to "."
-// or "..", so a segment cannot climb out of its prefix.
+// or "..", so a segment cannot climb out of its prefix. A segment longer
+// than MaxSegment is cut, and ends with a hash of the whole of s, so that
+// two long names stay two segments.
 func Safe(s string) string {
 	if strings.HasPrefix(s, "*") {
 		s = "wildcard_" + s[1:]
@@ -191,6 +200,10 @@ func Safe(s string) string {
 	out := b.String()
 	if strings.Trim(out, ".") == "" {
 		return "_"
+	}
+	if len(out) > MaxSegment {
+		sum := sha256.Sum256([]byte(s))
+		out = out[:MaxSegment-17] + "~" + hex.EncodeToString(sum[:8])
 	}
 	return out
 }
