@@ -52,6 +52,11 @@ import (
 // default [Manager.CA].
 const LetsEncryptURL = "https://acme-v02.api.letsencrypt.org/directory"
 
+// LetsEncryptStagingURL is the directory URL of Let's Encrypt's staging
+// CA: the same protocol and far higher rate limits, with certificates no
+// browser trusts. Try a setup against it before production.
+const LetsEncryptStagingURL = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
 // maxConcurrentOrders bounds the orders one Manager has in flight at the
 // CA, so that managing many new names at once, or a burst of on-demand
 // names, does not open hundreds of orders together.
@@ -118,6 +123,10 @@ type Manager struct {
 	// OnDemand allows names not given to ManageSync to get a certificate on
 	// their first handshake. Nil means no on-demand issuance.
 	OnDemand *OnDemand
+	// DefaultServerName is the name served to clients that send no server
+	// name (SNI): old clients, or clients that dial an address. Empty
+	// means such clients are refused.
+	DefaultServerName string
 	// CacheCapacity bounds the number of names held in memory; the least
 	// recently used are evicted and reload from storage on their next
 	// handshake. Default: [DefaultCacheCapacity].
@@ -315,12 +324,22 @@ func (m *Manager) httpClient() *http.Client {
 
 // TLSConfig returns a configuration for a TLS listener: certificates from
 // [Manager.GetCertificate], HTTP/2 and HTTP/1.1 offered, the tls-alpn-01
-// protocol answered, TLS 1.2 at least.
+// protocol answered, TLS 1.2 at least, and for TLS 1.2 only the ECDHE
+// suites with AEAD ciphers (no CBC, no RSA key exchange, which scanners
+// flag); TLS 1.3 and the key exchanges are Go's defaults.
 func (m *Manager) TLSConfig() *tls.Config {
 	return &tls.Config{
 		GetCertificate: m.GetCertificate,
 		NextProtos:     []string{"h2", "http/1.1", acmeTLS1Protocol},
 		MinVersion:     tls.VersionTLS12,
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
 	}
 }
 

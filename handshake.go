@@ -27,16 +27,20 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 		return nil, err
 	}
 	challenge := isChallengeHello(hello)
-	if !challenge && len(hello.ServerName) <= maxNameLen {
+	sni := hello.ServerName
+	if sni == "" {
+		sni = m.DefaultServerName
+	}
+	if !challenge && len(sni) <= maxNameLen {
 		// Only normalized names are cached: a name found in the cache
 		// needs no further checks.
-		if p := m.cache.get(hello.ServerName); p != nil {
+		if p := m.cache.get(sni); p != nil {
 			if c := p.choose(hello); c != nil {
 				return c, nil
 			}
 		}
 	}
-	name, err := normalizeName(hello.ServerName)
+	name, err := normalizeName(sni)
 	if err != nil {
 		return nil, err
 	}
