@@ -40,7 +40,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 
@@ -73,9 +72,10 @@ const DefaultCacheCapacity = 100_000
 const DefaultHSTSMaxAge = 60 * 24 * time.Hour
 
 // Manager obtains, stores, caches and serves certificates. Its zero value
-// is usable: it talks to Let's Encrypt, keeps its state in the user's data
-// directory, issues ECDSA P-256 and RSA 2048 certificates, and serves only
-// the names given to [Manager.ManageSync].
+// talks to Let's Encrypt, keeps its state in the user's data directory,
+// issues ECDSA P-256 and RSA 2048 certificates, and serves only the names
+// given to [Manager.ManageSync]; it obtains nothing until AgreeToTerms is
+// set, since Let's Encrypt has terms of service.
 //
 // Set the fields before first use and do not modify them after.
 type Manager struct {
@@ -114,8 +114,8 @@ type Manager struct {
 
 	// Storage holds accounts, certificates and shared challenge answers.
 	// Processes sharing a Storage share certificates and take turns to
-	// order them. Default: certmagic.FileStorage in the user's data
-	// directory.
+	// order them. Default: files in the user's data directory; use
+	// storage.Dir for another directory, storage/postgres for a fleet.
 	Storage storage.Storage
 	// KeyTypes are the certificate key types obtained for every name, at
 	// most one ECDSA and one RSA type. Default: ECDSA P-256 and RSA 2048.
@@ -246,7 +246,7 @@ func (m *Manager) setup() {
 	m.ocspHTTP = &http.Client{Timeout: 10 * time.Second}
 	m.store = m.Storage
 	if m.store == nil {
-		m.store = &certmagic.FileStorage{Path: defaultStorageDir()}
+		m.store = storage.Dir(defaultStorageDir())
 	}
 	m.client = &acme.Client{
 		Directory:  m.ca(),

@@ -12,10 +12,9 @@ import (
 	"os/signal"
 	"strings"
 
-	"github.com/caddyserver/certmagic"
-
 	"github.com/acmetls/acmetls"
 	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/storage"
 )
 
 // A server that knows its names: certificates are obtained (or loaded from
@@ -24,7 +23,7 @@ func ExampleManager() {
 	m := &acmetls.Manager{
 		Email:        "ops@example.com",
 		AgreeToTerms: true,
-		Storage:      &certmagic.FileStorage{Path: "/var/lib/acmetls"},
+		Storage:      storage.Dir("/var/lib/acmetls"),
 	}
 	if err := m.ManageSync(context.Background(), "example.com", "www.example.com"); err != nil {
 		log.Fatal(err)
@@ -117,7 +116,7 @@ func ExampleManager_dualCertificates() {
 		CA:           ca.DirectoryURL,
 		RootCAs:      ca.ServerRoots(),
 		AgreeToTerms: true,
-		Storage:      &certmagic.FileStorage{Path: dir},
+		Storage:      storage.Dir(dir),
 	}
 	go http.Serve(httpLn, m.HTTPHandler(nil))
 	go http.Serve(tls.NewListener(tlsLn, m.TLSConfig()), http.NotFoundHandler())

@@ -208,6 +208,11 @@ func Safe(s string) string {
 	return out
 }
 
+// Dir returns a Storage keeping its values in files under the directory
+// path, created as needed: CertMagic's file storage, whose locks work
+// across processes sharing the directory (NFS included).
+func Dir(path string) Storage { return &certmagic.FileStorage{Path: path} }
+
 // Every CertMagic storage backend is a Storage, the file system one first.
 var (
 	_ Storage = (certmagic.Storage)(nil)

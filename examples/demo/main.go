@@ -32,18 +32,18 @@ import (
 	"sync"
 	"time"
 
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/acmetls/acmetls"
 	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/storage"
 )
 
 func main() {
 	var (
 		caURL     = flag.String("ca", "", "ACME directory URL; empty starts an embedded test CA")
 		email     = flag.String("email", "", "ACME account contact email")
-		store     = flag.String("storage", "", "storage directory (default: a new temporary directory with the embedded CA, the user's config directory otherwise)")
+		store     = flag.String("storage", "", "storage directory (default: a new temporary directory with the embedded CA, acmetls under the user's data directory otherwise)")
 		httpsAddr = flag.String("https-addr", "127.0.0.1:8443", "HTTPS listen address")
 		httpAddr  = flag.String("http-addr", "127.0.0.1:8080", "HTTP listen address (http-01 challenges and redirects)")
 		verbose   = flag.Bool("v", false, "debug logging")
@@ -117,7 +117,7 @@ func run(ctx context.Context, out io.Writer, caURL, email, store, httpsAddr, htt
 		}
 	}
 	if store != "" {
-		m.Storage = &certmagic.FileStorage{Path: store}
+		m.Storage = storage.Dir(store)
 	}
 
 	served := &servedCerts{byConn: make(map[net.Conn]*tls.Certificate)}
