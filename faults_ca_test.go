@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -416,8 +417,8 @@ func TestConfigurationErrorsAreNotBackoffs(t *testing.T) {
 	const name = "settings.example.com"
 	httpOnly := e.manager(kts, func(m *Manager) { m.DisableTLSALPNChallenge = true })
 	e.front.Store(&Manager{Storage: &storage.Memory{}}) // answers nothing
-	if err := httpOnly.ManageSync(ctx, name); err == nil {
-		t.Fatal("http-01 answered by a frontend without the answer")
+	if err := httpOnly.ManageSync(ctx, name); err == nil || !strings.Contains(err.Error(), "port 80 (http-01") || strings.Contains(err.Error(), "port 443") {
+		t.Fatalf("http-01 answered by a frontend without the answer: %v, want a hint at port 80 alone", err)
 	}
 	if st, _ := httpOnly.loadState(ctx, name, ECDSAP256); st.Failures != 1 {
 		t.Fatalf("the validation failure was not recorded: %+v", st)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/mholt/acmez/v3"
@@ -259,7 +260,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 		}
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w", name, err)
+		return nil, nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w%s", name, err, m.validationHint(err))
 	}
 	chain, err := pickChain(chains, m.PreferredChain)
 	if err != nil {
@@ -291,6 +292,26 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 		zap.String("serial", c.Leaf.SerialNumber.Text(16)), zap.Time("not_after", c.Leaf.NotAfter),
 		zap.Bool("renewal", replaces != nil))
 	return c, rec, nil
+}
+
+// validationHint says what to check when the CA could not validate: that
+// the ports of the enabled challenges reach this process (or a sibling
+// sharing its storage).
+func (m *Manager) validationHint(err error) string {
+	switch problemType(err) {
+	case acme.ProblemTypeConnection, acme.ProblemTypeIncorrectResponse, acme.ProblemTypeTLS, acme.ProblemTypeUnauthorized:
+	default:
+		return ""
+	}
+	var ports []string
+	if !m.DisableHTTPChallenge {
+		ports = append(ports, "port 80 (http-01, Manager.HTTPHandler)")
+	}
+	if !m.DisableTLSALPNChallenge {
+		ports = append(ports, "port 443 (tls-alpn-01, Manager.TLSConfig)")
+	}
+	return " (the CA could not validate: check that the name's DNS points here and that " +
+		strings.Join(ports, " or ") + " reaches this process, listening before certificates are asked for)"
 }
 
 // order places one order for csr with account and returns the chains.
