@@ -179,6 +179,7 @@ type Manager struct {
 	failing          recentErrors // first issuances backing off, by failingKey
 	unsaved          unsaved      // writes storage refused
 	breaker          breaker      // failures that are no name's
+	config           string       // configID, fixed at setup
 
 	mu      sync.RWMutex        // guards managed and account
 	managed map[string]struct{} // names given to ManageSync
@@ -239,6 +240,7 @@ func (m *Manager) setup() {
 	}
 	m.cache = newCache(m.cacheCapacity())
 	m.names.seed = maphash.MakeSeed()
+	m.config = m.configID()
 	m.orders = make(chan struct{}, maxConcurrentOrders)
 	m.backgroundOrders = make(chan struct{}, maxConcurrentOrders/2)
 	m.sched.wake = make(chan struct{}, 1)

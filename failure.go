@@ -89,8 +89,8 @@ func (m *Manager) forgetFailing(name string) {
 }
 
 // mayAttempt returns the renewal state of name's certificate of type kt if
-// an attempt may start now, or the error that says why not: a recent
-// configuration error, or a backoff.
+// an attempt may start now, or the error that says why not: the breaker
+// (a failure that is no name's), or the name's backoff.
 func (m *Manager) mayAttempt(ctx context.Context, name string, kt KeyType) (renew.State, error) {
 	if err := m.tripped(); err != nil {
 		return renew.State{}, err
@@ -123,7 +123,7 @@ func (m *Manager) loadState(ctx context.Context, name string, kt KeyType) (renew
 		m.logger().Named("renew").Error("corrupt renewal state; starting over", zapName(name), zapErr(err))
 		return renew.State{}, nil
 	}
-	if st.Config != m.configID() {
+	if st.Config != m.config {
 		return renew.State{}, nil
 	}
 	return st, nil
@@ -141,7 +141,7 @@ func (m *Manager) failed(ctx context.Context, kind EventKind, name string, kt Ke
 		return until
 	}
 	st = st.Failed(now, err.Error(), problemType(err), retryAfter)
-	st.Config = m.configID()
+	st.Config = m.config
 	b, merr := json.Marshal(st)
 	if merr == nil {
 		merr = m.write(ctx, storage.StateKey(name, string(kt)), b, name, kt)
@@ -170,7 +170,7 @@ func (m *Manager) succeeded(ctx context.Context, name string, kt KeyType, st ren
 
 // configID identifies the settings a stored failure depends on: a failure
 // recorded under another CA, contact or challenge setting does not hold
-// back an attempt under the new ones.
+// back an attempt under the new ones. setup keeps it in m.config.
 func (m *Manager) configID() string {
 	h := fnv.New64a()
 	for _, s := range []string{m.ca(), m.Email, strconv.FormatBool(m.DisableHTTPChallenge),
