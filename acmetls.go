@@ -7,12 +7,17 @@
 //		Email:        "ops@example.com",
 //		AgreeToTerms: true,
 //	}
-//	if err := m.ManageSync(ctx, "example.com", "www.example.com"); err != nil {
-//		log.Fatal(err)
-//	}
-//	srv := &http.Server{Addr: ":443", TLSConfig: m.TLSConfig(), Handler: h}
-//	go http.ListenAndServe(":80", m.HTTPHandler(nil))
-//	log.Fatal(srv.ListenAndServeTLS("", ""))
+//	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+//	defer stop()
+//	log.Fatal(m.ListenAndServe(ctx, handler, "example.com", "www.example.com"))
+//
+// [Manager.ListenAndServe] listens on ports 80 and 443 before it asks the
+// CA for anything, so that the CA's validation reaches it; brings the
+// certificates up in the background; renews them with [Manager.Run]; and
+// shuts down gracefully when ctx ends. Servers of their own use the
+// pieces: [Manager.TLSConfig], [Manager.HTTPHandler],
+// [Manager.HTTPSHandler], [Manager.ManageSync] once the listeners are up,
+// and [Manager.Run].
 //
 // A Manager serves certificates already in its [storage.Storage] first: a
 // restarted process, or a new frontend sharing the storage, never orders a
@@ -148,8 +153,20 @@ type Manager struct {
 	// to reach these names over HTTPS only. Zero means
 	// [DefaultHSTSMaxAge]; a negative value sends no header.
 	HSTSMaxAge time.Duration
+	// Sites, if set, gives a site's HTTPS policy from the provider's own
+	// data: whether [Manager.HTTPHandler] redirects its plain HTTP to
+	// HTTPS, and its HSTS header. It is called with the normalized name
+	// on every plain HTTP request and every HTTPS request, so it must be
+	// fast and safe for concurrent use. Nil gives every site the zero
+	// [SitePolicy]: redirect, and HSTS of HSTSMaxAge.
+	Sites func(name string) SitePolicy
+	// HTTPSPort is the port redirects from plain HTTP go to. Zero means
+	// the port of the HTTPS listener given to [Manager.Serve], else 443;
+	// set it when a load balancer or port forward puts HTTPS elsewhere.
+	HTTPSPort int
 
-	// Logger receives the Manager's logs. Nil means no logs.
+	// Logger receives the Manager's logs. Nil means Info and above to
+	// standard error, as JSON; zap.NewNop() means none.
 	Logger *zap.Logger
 
 	clock clock // nil: the wall clock; tests set it
@@ -157,6 +174,14 @@ type Manager struct {
 	handshakeTimeout time.Duration
 	ocspHTTP         *http.Client
 	sched            schedule
+	servedPort       atomic.Int32 // the port of Serve's HTTPS listener
+
+	// Maintenance without Run: see unattended.
+	running         atomic.Int32 // Runs running
+	passing         atomic.Bool  // a pass started by a handshake runs
+	flushAt         atomic.Int64 // when such passes write unsaved records again
+	noRunOnce       sync.Once
+	unattendedSlots chan struct{} // renewals such passes have in flight
 
 	initOnce sync.Once
 	ready    atomic.Bool // set once setup has run: init's fast path
@@ -244,6 +269,12 @@ func (m *Manager) setup() {
 	m.orders = make(chan struct{}, maxConcurrentOrders)
 	m.backgroundOrders = make(chan struct{}, maxConcurrentOrders/2)
 	m.sched.wake = make(chan struct{}, 1)
+	m.sched.due = new(atomic.Bool)
+	m.sched.clock = m.clock
+	if m.sched.clock == nil {
+		m.sched.clock = realClock{}
+	}
+	m.unattendedSlots = make(chan struct{}, m.renewConcurrency())
 	m.sched.limit.PerHour = m.RenewPerHour
 	m.ocspHTTP = &http.Client{Timeout: 10 * time.Second}
 	m.store = m.Storage
@@ -283,8 +314,21 @@ func (m *Manager) logger() *zap.Logger {
 	if m.Logger != nil {
 		return m.Logger
 	}
-	return zap.NewNop()
+	return defaultLogger()
 }
+
+// defaultLogger logs at Info and above to standard error, in zap's
+// production form (JSON, sampled), so that a server started with a
+// zero Manager shows why a certificate could not be obtained.
+var defaultLogger = sync.OnceValue(func() *zap.Logger {
+	cfg := zap.NewProductionConfig()
+	cfg.DisableStacktrace = true
+	l, err := cfg.Build()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return l.Named("acmetls")
+})
 
 // defaultStorageDir is acmetls under the user's data directory:
 // $XDG_DATA_HOME, else ~/.local/share on Unix; the user's configuration
@@ -349,6 +393,11 @@ func (m *Manager) TLSConfig() *tls.Config {
 // certificate storage does not already hold. It returns when every name has
 // a certificate of every key type, or with the errors of those that failed;
 // the others are served regardless.
+//
+// The CA validates a new name by connecting to it on port 80 or 443: call
+// ManageSync once this process answers there ([Manager.HTTPHandler] and a
+// listener with [Manager.TLSConfig]), not before. Renewal needs
+// [Manager.Run]. [Manager.Serve] does both in that order.
 func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 	if err := m.init(); err != nil {
 		return err

@@ -10,6 +10,9 @@ type clock interface {
 	// NewTimer returns a channel that receives once d has passed, and a
 	// function that stops the timer.
 	NewTimer(d time.Duration) (<-chan time.Time, func() bool)
+	// AfterFunc calls f in its own goroutine once d has passed, and
+	// returns a function that stops the timer.
+	AfterFunc(d time.Duration, f func()) func() bool
 }
 
 // realClock is the wall clock.
@@ -20,6 +23,10 @@ func (realClock) Now() time.Time { return time.Now() }
 func (realClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
 	t := time.NewTimer(d)
 	return t.C, t.Stop
+}
+
+func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return time.AfterFunc(d, f).Stop
 }
 
 // now is the Manager's current time.

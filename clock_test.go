@@ -16,6 +16,7 @@ type fakeClock struct {
 type fakeTimer struct {
 	at time.Time
 	c  chan time.Time
+	f  func() // AfterFunc's, instead of c
 }
 
 func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
@@ -33,7 +34,11 @@ func (c *fakeClock) Set(t time.Time) {
 	c.now = t
 	for ft := range c.timers {
 		if !ft.at.After(t) {
-			ft.c <- t
+			if ft.f != nil {
+				go ft.f()
+			} else {
+				ft.c <- t
+			}
 			delete(c.timers, ft)
 		}
 	}
@@ -55,6 +60,27 @@ func (c *fakeClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
 	}
 	c.timers[ft] = struct{}{}
 	return ft.c, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.timers[ft]
+		delete(c.timers, ft)
+		return ok
+	}
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d <= 0 {
+		go f()
+		return func() bool { return false }
+	}
+	ft := &fakeTimer{at: c.now.Add(d), f: f}
+	if c.timers == nil {
+		c.timers = make(map[*fakeTimer]struct{})
+	}
+	c.timers[ft] = struct{}{}
+	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		_, ok := c.timers[ft]

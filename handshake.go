@@ -20,6 +20,11 @@ import (
 // 30 seconds at most; an issuance that nobody waits for any more is
 // dropped unless it has reached the CA.
 //
+// A Manager whose [Manager.Run] is not running maintains its
+// certificates from here: a handshake that finds anything due starts,
+// in the background, the renewals and staple work Run would do. Until
+// the renewal is done, the certificate in memory is served, even expired.
+//
 // It refuses server names that are not valid DNS names with a [*NameError],
 // and names it may not obtain with an error wrapping [ErrNotManaged].
 func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -36,6 +41,9 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 		// needs no further checks.
 		if p := m.cache.get(sni); p != nil {
 			if c := p.choose(hello); c != nil {
+				if m.running.Load() == 0 && m.sched.due.Load() {
+					m.unattended()
+				}
 				return c, nil
 			}
 		}
@@ -78,6 +86,9 @@ func helloContext(hello *tls.ClientHelloInfo) context.Context {
 // of stored names tells) is put to the on-demand policy before anything
 // else, so a refusal reads no storage.
 func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
+	if m.running.Load() == 0 && m.sched.due.Load() {
+		m.unattended()
+	}
 	cached := m.cache.lookup(name, true)
 	if cached != nil {
 		if c := cached.choose(hello); c != nil {

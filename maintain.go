@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"math/big"
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
@@ -45,6 +47,13 @@ type schedule struct {
 	queue renew.Queue[*tracked]
 	limit renew.Limiter
 	wake  chan struct{} // nudges Run when something is queued earlier
+	// due is set when the queue has something due, by a timer armed for
+	// the queue's first entry: what a handshake checks when Run is not
+	// running. The timer refers to due alone, not to the Manager.
+	due       *atomic.Bool
+	clock     clock
+	armed     int64       // when the timer is armed for, Unix ns
+	stopArmed func() bool // stops that timer
 }
 
 type trackKey struct {
@@ -175,9 +184,31 @@ func (s *schedule) push(t *tracked) {
 		next = t.stapleUntil
 	}
 	s.queue.Push(t, next)
+	s.noteNext()
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+}
+
+// noteNext arms the timer that sets s.due for the queue's first entry.
+// The caller holds s.mu.
+func (s *schedule) noteNext() {
+	next, at := int64(math.MaxInt64), time.Time{}
+	if t, ok := s.queue.Next(); ok {
+		next, at = t.UnixNano(), t
+	}
+	if next == s.armed {
+		return
+	}
+	s.armed = next
+	if s.stopArmed != nil {
+		s.stopArmed()
+		s.stopArmed = nil
+	}
+	if next != math.MaxInt64 {
+		due := s.due
+		s.stopArmed = s.clock.AfterFunc(at.Sub(s.clock.Now()), func() { due.Store(true) })
 	}
 }
 
@@ -192,11 +223,15 @@ func (s *schedule) push(t *tracked) {
 // the end are not recorded as failures.
 //
 // Certificates are maintained once the Manager holds them: names given to
-// ManageSync, and names loaded or obtained on demand.
+// ManageSync, and names loaded or obtained on demand. [Manager.Serve]
+// runs Run. A Manager whose Run is not running still renews, from
+// handshakes: see [Manager.GetCertificate].
 func (m *Manager) Run(ctx context.Context) error {
 	if err := m.init(); err != nil {
 		return err
 	}
+	m.running.Add(1)
+	defer m.running.Add(-1)
 	defer m.client.HTTPClient.CloseIdleConnections()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -270,6 +305,7 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 	if t, ok := s.queue.Next(); ok && t.Before(next) {
 		next = t
 	}
+	s.noteNext()
 	s.mu.Unlock()
 	for _, t := range expired {
 		m.dropStaple(t)
@@ -390,7 +426,9 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 	defer l.release()
 	// Storage first: a sibling may have renewed while we waited.
 	if c, rec, err := m.readCert(ctx, t.name, kt); err == nil && c != nil && string(c.Leaf.SerialNumber.Bytes()) != t.serial {
-		if _, err := m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo, false); err == nil {
+		// Just obtained, by a sibling: the same floor on its next
+		// renewal as for one this process obtained.
+		if _, err := m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo, true); err == nil {
 			return nil
 		}
 	}
@@ -493,4 +531,40 @@ func (m *Manager) RetryAll(ctx context.Context) error {
 		}
 	}
 	return m.forEach(names, m.renewConcurrency(), func(name string) error { return m.RetryNow(ctx, name) })
+}
+
+// unattended is what a handshake does for a Manager whose Run is not
+// running: if something in the schedule is due (a renewal, a renewal
+// information read, a staple to refresh or drop), it starts one
+// maintenance pass in the background, unless one is running. The pass is
+// Run's, with its bounds: RenewConcurrency renewals at once, RenewPerHour,
+// the backoff. A Warn line says, once, that Run is not running.
+//
+//go:noinline
+func (m *Manager) unattended() {
+	if !m.passing.CompareAndSwap(false, true) {
+		return
+	}
+	s := &m.sched
+	s.due.Store(false)
+	m.noRunOnce.Do(func() {
+		m.logger().Named("renew").Warn("Run is not running: certificates are renewed, and staples refreshed, only when a handshake finds them due; " +
+			"call Run, or serve with Serve, to maintain them on time")
+	})
+	go func() {
+		defer m.passing.Store(false)
+		ctx := context.Background()
+		var wg sync.WaitGroup // not waited for: the work ends on its own
+		m.maintain(ctx, &wg, m.unattendedSlots)
+		s.mu.Lock()
+		s.armed = 0 // arm again, even for the same first entry
+		s.noteNext()
+		s.mu.Unlock()
+		if now := m.now(); m.unsaved.len() > 0 {
+			if at := m.flushAt.Load(); now.UnixNano() >= at {
+				m.flushAt.Store(now.Add(flushInterval).UnixNano())
+				m.flushUnsaved(ctx)
+			}
+		}
+	}()
 }
