@@ -11,32 +11,74 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/acmetls/acmetls"
 	"github.com/acmetls/acmetls/internal/acmetest"
 	"github.com/acmetls/acmetls/storage"
 )
 
-// A server that knows its names: certificates are obtained (or loaded from
-// storage) before it starts listening, and renewed while it runs.
+// A server that knows its names: Serve listens on ports 80 and 443 first,
+// then brings the certificates up (from storage, else from the CA), renews
+// them while it runs, and shuts down gracefully on SIGTERM.
 func ExampleManager() {
 	m := &acmetls.Manager{
 		Email:        "ops@example.com",
 		AgreeToTerms: true,
 		Storage:      storage.Dir("/var/lib/acmetls"),
 	}
-	if err := m.ManageSync(context.Background(), "example.com", "www.example.com"); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "hello")
+	})
+	if err := m.ListenAndServe(ctx, hello, "example.com", "www.example.com"); err != nil {
 		log.Fatal(err)
 	}
-	go http.ListenAndServe(":80", m.HTTPHandler(nil)) // http-01, and a redirect to HTTPS
+}
+
+// The pieces Serve puts together, for a server of your own: the listeners
+// must be up before ManageSync asks the CA to validate, and Run renews.
+func ExampleManager_TLSConfig() {
+	m := &acmetls.Manager{Email: "ops@example.com", AgreeToTerms: true}
+	ctx := context.Background()
+	go http.ListenAndServe(":80", m.HTTPHandler(nil)) // http-01, and redirects to HTTPS
 	srv := &http.Server{
 		Addr:      ":443",
-		TLSConfig: m.TLSConfig(),
+		TLSConfig: m.TLSConfig(), // tls-alpn-01 too
 		Handler: m.HTTPSHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { // HSTS
 			fmt.Fprintln(w, "hello")
 		})),
+		ReadHeaderTimeout: acmetls.ServeHandshakeTimeout, // bounds handshakes too
 	}
+	go func() {
+		if err := m.ManageSync(ctx, "example.com"); err != nil {
+			log.Print(err) // retried by handshakes and by Run
+		}
+	}()
+	go m.Run(ctx)
 	log.Fatal(srv.ListenAndServeTLS("", ""))
+}
+
+// Each site's HTTPS policy from the provider's own data: new sites are
+// redirected to HTTPS with HSTS, as the Integration Guide asks; existing
+// sites whose pages may load mixed content keep plain HTTP until their
+// owners opt in.
+func ExampleSitePolicy() {
+	legacy := map[string]bool{"old-shop.example.com": true} // from the provider's database
+	m := &acmetls.Manager{
+		Email:        "ops@example.com",
+		AgreeToTerms: true,
+		Sites: func(name string) acmetls.SitePolicy {
+			if legacy[name] {
+				return acmetls.SitePolicy{KeepHTTP: true, HSTSMaxAge: -1}
+			}
+			return acmetls.SitePolicy{} // redirect, HSTS for 60 days
+		},
+	}
+	site := http.FileServer(http.Dir("/srv/www"))
+	// Plain HTTP requests for legacy sites go to site; others are redirected.
+	go http.ListenAndServe(":80", m.HTTPHandler(site))
 }
 
 // Renewal runs in the background; every success and failure reaches the
