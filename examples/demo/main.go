@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/crypto/ocsp"
 
 	"github.com/acmetls/acmetls"
 	"github.com/acmetls/acmetls/internal/acmetest"
@@ -90,6 +91,7 @@ func run(ctx context.Context, out io.Writer, caURL, email, store, httpsAddr, htt
 		Email:        email,
 		AgreeToTerms: true,
 		OnDemand:     &acmetls.OnDemand{Names: names},
+		HTTPSPort:    port(httpsLn), // for redirects from plain HTTP
 		Logger:       logger,
 	}
 	var rootFile string
@@ -99,14 +101,20 @@ func run(ctx context.Context, out io.Writer, caURL, email, store, httpsAddr, htt
 			return err
 		}
 		defer os.RemoveAll(dir)
+		// The embedded CA has an OCSP responder, as CAs other than Let's
+		// Encrypt do: its certificates are stapled.
+		responder := acmetest.NewResponder(24 * time.Hour)
+		defer responder.Close()
 		ca, err := acmetest.New(acmetest.Options{
-			HTTPPort: port(httpLn),
-			TLSPort:  port(httpsLn),
+			HTTPPort:         port(httpLn),
+			TLSPort:          port(httpsLn),
+			OCSPResponderURL: responder.URL,
 		})
 		if err != nil {
 			return err
 		}
 		defer ca.Close()
+		responder.Attach(ca)
 		m.CA, m.RootCAs = ca.DirectoryURL, ca.ServerRoots()
 		rootFile = filepath.Join(dir, "root.pem")
 		if err := os.WriteFile(rootFile, ca.RootPEM(), 0o644); err != nil {
@@ -140,17 +148,25 @@ func run(ctx context.Context, out io.Writer, caURL, email, store, httpsAddr, htt
 				served.drop(c)
 			}
 		},
-		ReadHeaderTimeout: 10 * time.Second,
+		// net/http bounds the handshake with this too: long enough
+		// for a first on-demand issuance.
+		ReadHeaderTimeout: acmetls.ServeHandshakeTimeout,
 	}
 	httpSrv := &http.Server{Handler: m.HTTPHandler(nil), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- httpsSrv.ServeTLS(httpsLn, "", "") }()
 	go func() { errc <- httpSrv.Serve(httpLn) }()
+	// Renewal and staple refreshes. (Manager.Serve does all of this; the
+	// demo runs its own servers to show which certificate a client got.)
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	go func() { errc <- m.Run(runCtx) }()
 
 	url := "https://" + names[0] + ":" + strconv.Itoa(port(httpsLn)) + "/"
 	fmt.Fprintf(out, "serving %s (a certificate is obtained on the first handshake)\n", url)
 	if rootFile != "" {
 		fmt.Fprintf(out, "try:\n  curl --cacert %s %s\n", rootFile, url)
+		fmt.Fprintf(out, "the certificate's OCSP staple:\n  openssl s_client -connect 127.0.0.1:%d -servername %s -status </dev/null\n", port(httpsLn), names[0])
 	} else {
 		fmt.Fprintf(out, "try:\n  curl %s\n", url)
 	}
@@ -203,7 +219,24 @@ server name: {{.Name}}
 protocol:    {{.Version}}, {{.Cipher}}
 certificate: {{.KeyType}}, serial {{.Serial}}, not after {{.NotAfter}}
 issuer:      {{.Issuer}}
+OCSP staple: {{.Staple}}
 `))
+
+// stapleText says what the OCSP staple served with a certificate says.
+func stapleText(staple []byte) string {
+	if len(staple) == 0 {
+		return "none (the CA has no responder, or its answer is not fetched yet)"
+	}
+	resp, err := ocsp.ParseResponse(staple, nil)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	status := map[int]string{ocsp.Good: "good", ocsp.Revoked: "revoked"}[resp.Status]
+	if status == "" {
+		status = "unknown"
+	}
+	return fmt.Sprintf("%s, %d bytes, next update %s", status, len(staple), resp.NextUpdate.UTC().Format(time.RFC3339))
+}
 
 func page(served *servedCerts) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -231,6 +264,7 @@ func page(served *servedCerts) http.Handler {
 			"Serial":   leaf.SerialNumber.Text(16),
 			"NotAfter": leaf.NotAfter.UTC().Format(time.RFC3339),
 			"Issuer":   leaf.Issuer.CommonName,
+			"Staple":   stapleText(cert.OCSPStaple),
 		})
 	})
 }

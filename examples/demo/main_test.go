@@ -34,14 +34,18 @@ func TestDemoWithOutsideClients(t *testing.T) {
 	}()
 
 	var curlCmd, url string
+	var output strings.Builder
 	sc := bufio.NewScanner(pr)
 	for sc.Scan() {
+		output.WriteString(sc.Text() + "\n")
 		line := strings.TrimSpace(sc.Text())
 		if strings.HasPrefix(line, "serving ") {
 			url = strings.Fields(line)[1]
 		}
 		if strings.HasPrefix(line, "curl ") {
 			curlCmd = line
+		}
+		if strings.HasPrefix(line, "openssl s_client") {
 			break
 		}
 	}
@@ -77,5 +81,37 @@ func TestDemoWithOutsideClients(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "Server public key is 2048 bit") {
 		t.Errorf("the RSA-only client did not get the RSA 2048 certificate:\n%s", out)
+	}
+
+	// The staple, as the demo's output says to look at it, then on the
+	// page.
+	var stapleCmd string
+	for _, line := range strings.Split(output.String(), "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "openssl s_client") {
+			stapleCmd = strings.TrimSuffix(line, " </dev/null")
+		}
+	}
+	if stapleCmd == "" {
+		t.Fatalf("the demo printed no openssl command:\n%s", output.String())
+	}
+	args = strings.Fields(stapleCmd)
+	st := exec.CommandContext(cctx, args[0], args[1:]...)
+	st.Stdin = strings.NewReader("")
+	out, err = st.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", stapleCmd, err, out)
+	}
+	for _, want := range []string{"OCSP Response Status: successful", "Cert Status: good"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("%s: no %q:\n%s", stapleCmd, want, out)
+		}
+	}
+	args = strings.Fields(curlCmd)
+	out, err = exec.CommandContext(cctx, args[0], append([]string{"--silent", "--show-error"}, args[1:]...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", curlCmd, err, out)
+	}
+	if page = string(out); !strings.Contains(page, "OCSP staple: good, ") {
+		t.Errorf("the page does not show a good staple:\n%s", page)
 	}
 }

@@ -70,6 +70,7 @@ type CA struct {
 	pebble    atomic.Pointer[pebble] // swapped by Reset
 
 	logger   *log.Logger
+	wfeMu    sync.Mutex // serializes the requests Pebble's frontend serves
 	mu       sync.Mutex // guards orders, finals and accounts
 	orders   []Order
 	finals   []Finalization
@@ -118,6 +119,13 @@ func New(opts Options) (*CA, error) {
 	c.pebble.Store(p)
 
 	var handler http.Handler = c.count(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// One request at a time: Pebble's memory store takes its own lock
+		// and an authorization's in opposite orders in different
+		// requests, which deadlocks under concurrent orders (a reader
+		// holding the store waits for an authorization, whose holder
+		// waits behind a writer waiting for the reader).
+		c.wfeMu.Lock()
+		defer c.wfeMu.Unlock()
 		c.pebble.Load().wfe.ServeHTTP(w, r)
 	}))
 	if opts.DisableARI {
@@ -199,6 +207,11 @@ func (c *CA) ServerRoots() *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(c.srv.Certificate())
 	return p
+}
+
+// ServerRootPEM is ServerRoots as PEM, for a process told of it by file.
+func (c *CA) ServerRootPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.srv.Certificate().Raw})
 }
 
 // Roots returns a pool with the roots of the certificates the CA issues.
