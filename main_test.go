@@ -5,7 +5,9 @@ import (
 	"testing"
 
 	"github.com/acmetls/acmetls/internal/pgtest"
+	"github.com/acmetls/acmetls/internal/testdeps"
 )
 
-// The tests of frontends sharing PostgreSQL run on a server of their own.
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+// The tests of frontends sharing PostgreSQL run on a server of their own;
+// the staple tests run OpenSSL's OCSP responder.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, testdeps.OpenSSL)) }

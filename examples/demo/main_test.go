@@ -4,21 +4,22 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/acmetls/acmetls/internal/testdeps"
 )
+
+// The tests run curl and openssl, installed if missing.
+func TestMain(m *testing.M) { os.Exit(testdeps.Main(m, testdeps.Curl, testdeps.OpenSSL)) }
 
 // The demo works as its output says: the printed curl command gets a page
 // over a certificate from the embedded CA, ECDSA for curl, and an
 // RSA-only openssl client gets the RSA certificate for the same name.
 func TestDemoWithOutsideClients(t *testing.T) {
-	for _, tool := range []string{"curl", "openssl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is needed (.ci/run installs it): %v", tool, err)
-		}
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)

@@ -17,7 +17,11 @@ import (
 	"time"
 
 	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/internal/testdeps"
 )
+
+// The tests run curl and openssl, installed if missing.
+func TestMain(m *testing.M) { os.Exit(testdeps.Main(m, testdeps.Curl, testdeps.OpenSSL)) }
 
 // freePort returns a port on 127.0.0.1 that was free a moment ago.
 func freePort(t *testing.T) int {
@@ -38,11 +42,6 @@ func freePort(t *testing.T) int {
 // of the -ask endpoint are allowed or refused as it answers; the context's
 // end (SIGTERM) stops it cleanly.
 func TestServerWithOutsideClients(t *testing.T) {
-	for _, tool := range []string{"curl", "openssl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is needed (.ci/run installs it): %v", tool, err)
-		}
-	}
 	httpPort, httpsPort := freePort(t), freePort(t)
 	ca, err := acmetest.New(acmetest.Options{HTTPPort: httpPort, TLSPort: httpsPort})
 	if err != nil {

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/acmetls/acmetls/internal/testdeps"
 )
 
 // server is the package's running server, if Main started one.
@@ -33,13 +35,17 @@ var server struct {
 	proc *os.Process
 }
 
-// Main starts a PostgreSQL server, runs the tests, and stops the server.
-// Call it from TestMain: os.Exit(pgtest.Main(m)).
+// Main makes sure PostgreSQL and the other tools are installed (see
+// [testdeps.Ensure]), starts a PostgreSQL server, runs the tests, and
+// stops the server. Call it from TestMain: os.Exit(pgtest.Main(m)).
 //
 // If the server cannot start, the tests still run and every [DB] call
-// fails with the reason: a machine without PostgreSQL gets one clear error
-// per test that needs it, not a skip.
-func Main(m *testing.M) int {
+// fails with the reason, not a skip.
+func Main(m *testing.M, tools ...string) int {
+	if err := testdeps.Ensure(append(tools, testdeps.Postgres)...); err != nil {
+		fmt.Fprintln(os.Stderr, "acmetls tests:", err)
+		return 1
+	}
 	server.err = start()
 	code := m.Run()
 	stop()
