@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of BENCHMARKS.md and prints benchstat's tables.
 # Takes about an hour on 2 cores; run it on an otherwise idle machine.
-# Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5 b6 b7)
+# Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5 b6 b7 b8 b9)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
 shift || true
-groups=${*:-b1 b2 b3 b4 b5 b6 b7}
+groups=${*:-b1 b2 b3 b4 b5 b6 b7 b8 b9}
 mkdir -p "$out"
 go install golang.org/x/perf/cmd/benchstat@latest
 bs=$(go env GOPATH)/bin/benchstat
@@ -22,11 +22,13 @@ for g in $groups; do
 	b7) { go test -run '^$' -bench 'BenchmarkRefuse/impl=/names=(distinct|same|invalid)' -benchtime 20000x -count 6 ./bench/
 		go test -run '^$' -bench 'BenchmarkRefuse/impl=(acmetls|autocert)/names=oversized' -benchtime 2000x -count 6 ./bench/
 		go test -run '^$' -bench 'BenchmarkRefuse/impl=certmagic/names=oversized' -benchtime 20x -count 6 ./bench/; } > "$out/b7.txt" ;;
+	b8) go test -run '^$' -bench 'BenchmarkFirstOnDemand' -benchtime 50x -count 4 ./bench/ > "$out/b8.txt" ;;
+	b9) go test -run '^$' -bench 'BenchmarkResumption' -benchtime 2000x -count 6 ./bench/ > "$out/b9.txt" ;;
 	esac
 	echo "== $g"
 	case $g in
 	b1) "$bs" -col /impl -ignore /round "$out/b1.txt"; awk -f bench/ratios.awk "$out/b1.txt" | sort ;;
-	b3 | b7) "$bs" -col /impl "$out/$g.txt" ;;
+	b3 | b7 | b8) "$bs" -col /impl "$out/$g.txt" ;;
 	b2) "$bs" -col /impl "$out/b2.txt"; "$bs" "$out/b2-interleaved.txt" ;;
 	*) "$bs" "$out/$g.txt" ;;
 	esac
