@@ -165,6 +165,12 @@ type Manager struct {
 	// set it when a load balancer or port forward puts HTTPS elsewhere.
 	HTTPSPort int
 
+	// LocalSessionTickets keeps TLS session tickets to this process, with
+	// crypto/tls's own keys. By default tickets are encrypted with keys
+	// kept in Storage, added every 12 hours and kept for 36, so that a
+	// client resumes its session on any process sharing the storage.
+	LocalSessionTickets bool
+
 	// Logger receives the Manager's logs. Nil means Info and above to
 	// standard error, as JSON; zap.NewNop() means none.
 	Logger *zap.Logger
@@ -175,6 +181,7 @@ type Manager struct {
 	ocspHTTP         *http.Client
 	sched            schedule
 	servedPort       atomic.Int32 // the port of Serve's HTTPS listener
+	tickets          ticketKeys   // session-ticket keys from storage
 
 	// Maintenance without Run: see unattended.
 	running         atomic.Int32 // Runs running
@@ -372,9 +379,11 @@ func (m *Manager) httpClient() *http.Client {
 // [Manager.GetCertificate], HTTP/2 and HTTP/1.1 offered, the tls-alpn-01
 // protocol answered, TLS 1.2 at least, and for TLS 1.2 only the ECDHE
 // suites with AEAD ciphers (no CBC, no RSA key exchange, which scanners
-// flag); TLS 1.3 and the key exchanges are Go's defaults.
+// flag); TLS 1.3 and the key exchanges are Go's defaults. Session tickets
+// are sealed with keys shared through storage (see
+// [Manager.LocalSessionTickets]).
 func (m *Manager) TLSConfig() *tls.Config {
-	return &tls.Config{
+	cfg := &tls.Config{
 		GetCertificate: m.GetCertificate,
 		NextProtos:     []string{"h2", "http/1.1", acmeTLS1Protocol},
 		MinVersion:     tls.VersionTLS12,
@@ -387,6 +396,10 @@ func (m *Manager) TLSConfig() *tls.Config {
 			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 		},
 	}
+	if !m.LocalSessionTickets {
+		cfg.WrapSession, cfg.UnwrapSession = m.wrapSession, m.unwrapSession
+	}
+	return cfg
 }
 
 // ManageSync makes the Manager serve names, obtaining now whatever

@@ -113,6 +113,15 @@ func AccountLockName(ca, email string) string {
 	return Prefix + "-account-" + Safe(caSegment(ca)) + "-" + Safe(email)
 }
 
+// TicketKeysKey is the key of the TLS session-ticket keys that processes
+// sharing storage encrypt tickets with, so that a client resumes on any
+// of them. It holds secrets, as certificate records do.
+const TicketKeysKey = Prefix + "/tickets/keys.json"
+
+// TicketKeysLockName is the name of the storage lock taken while a new
+// session-ticket key is added.
+const TicketKeysLockName = Prefix + "-ticket-keys"
+
 // MaxTokenLen bounds the length of the challenge tokens acmetls accepts.
 // RFC 8555 asks for at least 128 bits of entropy (22 characters); CAs
 // send 43.
