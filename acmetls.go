@@ -125,6 +125,10 @@ type Manager struct {
 	// KeyTypes are the certificate key types obtained for every name, at
 	// most one ECDSA and one RSA type. Default: ECDSA P-256 and RSA 2048.
 	KeyTypes []KeyType
+	// Validator, if set, makes this Manager a frontend of a central
+	// validation server, which alone talks to the CA; see [Validator].
+	Validator *Validator
+
 	// OnDemand allows names not given to ManageSync to get a certificate on
 	// their first handshake. Nil means no on-demand issuance.
 	OnDemand *OnDemand
@@ -539,6 +543,9 @@ func (od *OnDemand) denialTTL() time.Duration {
 // accountKey returns the account's private key if storage holds the
 // account, or nil. Storage is asked once per Manager.
 func (m *Manager) accountKey(ctx context.Context) crypto.Signer {
+	if m.Validator != nil {
+		return nil // a frontend holds no account, and reads none
+	}
 	m.storedAccountOnce.Do(func() {
 		a, err := m.loadAccount(ctx, storage.AccountKey(m.ca(), m.Email))
 		if err != nil {

@@ -47,6 +47,11 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 			host = h
 		}
 		if strings.HasPrefix(r.URL.Path, httpChallengePath) {
+			if m.Validator != nil {
+				// The Guide's recipe: the validation server answers.
+				http.Redirect(w, r, strings.TrimSuffix(m.Validator.URL, "/")+r.URL.Path, http.StatusFound)
+				return
+			}
 			m.serveChallenge(w, r, host)
 			return
 		}

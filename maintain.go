@@ -125,8 +125,11 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 		t.ari = t.ari.Update(w, explanation, time.Time{}, now, rand.Float64())
 	}
 	// Renewal information is read at least twice a day; a first read is
-	// spread over that period.
+	// spread over that period. Not by a frontend: it never asks the CA.
 	t.ari.NextPoll = renew.Spread(t.String(), now, t.notAfter, renew.MaxPollInterval)
+	if m.Validator != nil {
+		t.ari.NextPoll = t.notAfter
+	}
 	s := &m.sched
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -380,6 +383,9 @@ func (m *Manager) tracked(name string, kt KeyType) *tracked {
 // returning), the renewal stops and nothing is recorded: a shutdown is not
 // a failure.
 func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
+	if m.Validator != nil {
+		return m.pickUp(ctx, t)
+	}
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
 	defer cancel()

@@ -46,6 +46,9 @@ func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*t
 	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
 		return c, err
 	}
+	if m.Validator != nil {
+		return m.fromValidator(ctx, name, kt)
+	}
 	if _, err := m.mayAttempt(ctx, name, kt); err != nil {
 		return nil, err
 	}
