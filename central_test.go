@@ -71,7 +71,7 @@ func newCentralEnv(t *testing.T) *centralEnv {
 		CA: ca.DirectoryURL, Email: "admin@example.com", AgreeToTerms: true,
 		HTTPClient: ca.HTTPClient(), Storage: shared,
 		DisableTLSALPNChallenge: true, // every validation is http-01, through the redirect
-		OnDemand:                &OnDemand{Decision: func(_ context.Context, name string) error {
+		OnDemand: &OnDemand{Decision: func(_ context.Context, name string) error {
 			if strings.HasPrefix(name, "denied") {
 				return fmt.Errorf("not a customer")
 			}
