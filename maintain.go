@@ -238,6 +238,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer m.client.HTTPClient.CloseIdleConnections()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if w, ok := m.store.(storage.Watcher); ok {
+		wg.Go(func() { m.watch(ctx, w) })
+	}
 	slots := make(chan struct{}, m.renewConcurrency())
 	timer, stop := m.newTimer(0)
 	var flushAt time.Time // when to write again what storage refused

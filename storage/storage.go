@@ -62,6 +62,18 @@ type LockVerifier interface {
 	VerifyLock(ctx context.Context, name string) error
 }
 
+// Watcher is implemented by a Storage that tells of writes as they happen,
+// such as PostgreSQL's LISTEN/NOTIFY: a process then serves a certificate
+// another process stored within moments, instead of when it next reads
+// storage.
+type Watcher interface {
+	// Watch calls changed with the key of every value stored, by any
+	// process, until ctx ends (it then returns nil) or it can no longer
+	// watch (it returns why). Notices of writes while nothing watched
+	// are lost.
+	Watch(ctx context.Context, changed func(key string)) error
+}
+
 // Prefix is the first segment of every key acmetls writes.
 const Prefix = "acmetls"
 

@@ -59,6 +59,7 @@ const DefaultMaxLocks = 16
 
 var (
 	_ storage.Storage   = (*Storage)(nil)
+	_ storage.Watcher   = (*Storage)(nil)
 	_ certmagic.Storage = (*Storage)(nil)
 )
 
@@ -144,12 +145,54 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if value == nil {
 		value = []byte{} // a nil slice would be SQL NULL
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO `+s.table+` (key, value, modified) VALUES ($1, $2, now())
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value, modified = excluded.modified`, key, value)
+	// The write and its notice to the processes watching (see Watch)
+	// are one statement: a notice is sent if and only if the write
+	// commits.
+	_, err := s.pool.Exec(ctx, `WITH w AS (
+		INSERT INTO `+s.table+` (key, value, modified) VALUES ($1, $2, now())
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value, modified = excluded.modified
+		RETURNING key)
+	SELECT pg_notify($3, key) FROM w`, key, value, s.channel())
 	if err != nil {
 		return fmt.Errorf("acmetls/postgres: storing %s: %w", key, err)
 	}
 	return nil
+}
+
+// channel is the NOTIFY channel of the table's writes: a name of at most
+// 63 bytes, as PostgreSQL's identifiers are, whatever the table's.
+func (s *Storage) channel() string {
+	h := fnv.New64a()
+	h.Write([]byte(s.table))
+	return fmt.Sprintf("acmetls_%x", h.Sum64())
+}
+
+// Watch calls changed with the key of every value any process stores in
+// the table, as PostgreSQL delivers the notices (LISTEN/NOTIFY, within
+// milliseconds), until ctx ends or the connection it listens on fails:
+// it returns nil in the first case and the error in the second. It holds
+// one connection of its own, outside the pool. Notices sent while no
+// connection listens are lost: a caller that watches again should treat
+// anything as possibly changed meanwhile.
+func (s *Storage) Watch(ctx context.Context, changed func(key string)) error {
+	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig)
+	if err != nil {
+		return fmt.Errorf("acmetls/postgres: watch: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{s.channel()}.Sanitize()); err != nil {
+		return fmt.Errorf("acmetls/postgres: watch: %w", err)
+	}
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("acmetls/postgres: watch: %w", err)
+		}
+		changed(n.Payload)
+	}
 }
 
 // Load reads the value at key; a missing key is an error wrapping

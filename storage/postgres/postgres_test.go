@@ -254,3 +254,41 @@ func TestVerifyLock(t *testing.T) {
 		t.Fatalf("VerifyLock of the new holder = %v", err)
 	}
 }
+
+// Watch tells of every value stored by any Storage on the table, and
+// returns nil when its context ends.
+func TestWatch(t *testing.T) {
+	a, b := open(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	keys := make(chan string, 10)
+	done := make(chan error, 1)
+	go func() { done <- a.Watch(ctx, func(key string) { keys <- key }) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for got := false; !got; {
+		// Until the LISTEN is on, notices are lost: store until one comes.
+		if err := b.Store(ctx, "acmetls/certs/w.example.com/ecdsa-p256.json", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case key := <-keys:
+			if key != "acmetls/certs/w.example.com/ecdsa-p256.json" {
+				t.Fatalf("notice for %q", key)
+			}
+			got = true
+		case <-time.After(50 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no notice within 10 s")
+			}
+		}
+	}
+	if err := b.Store(ctx, "acmetls/state/other", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if key := <-keys; key != "acmetls/certs/w.example.com/ecdsa-p256.json" && key != "acmetls/state/other" {
+		t.Errorf("notice for %q", key)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Watch after its context ended: %v", err)
+	}
+}
