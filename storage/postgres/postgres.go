@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/acmetls/acmetls/storage"
@@ -105,7 +106,16 @@ func New(ctx context.Context, pool *pgxpool.Pool, table string) (*Storage, error
 		return s, nil
 	}
 	if _, err := pool.Exec(ctx, Schema(table)); err != nil {
-		return nil, fmt.Errorf("acmetls/postgres: creating table %s: %w", s.table, err)
+		// Processes starting together race to create the table, and
+		// CREATE TABLE IF NOT EXISTS is not safe against that: the
+		// losers fail on the catalog's unique index. The table is there.
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23505" && pgErr.Code != "42710" && pgErr.Code != "42P07" {
+			return nil, fmt.Errorf("acmetls/postgres: creating table %s: %w", s.table, err)
+		}
+		if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, s.table).Scan(&exists); err != nil || !exists {
+			return nil, fmt.Errorf("acmetls/postgres: creating table %s: another process was creating it: %v", s.table, err)
+		}
 	}
 	return s, nil
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -290,5 +291,28 @@ func TestWatch(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Watch after its context ended: %v", err)
+	}
+}
+
+// Processes starting together on an empty database all get the table:
+// CREATE TABLE IF NOT EXISTS alone fails for all but one of them.
+func TestConcurrentCreation(t *testing.T) {
+	url := pgtest.DB(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			s, err := Open(context.Background(), url)
+			if err != nil {
+				errs <- err
+				return
+			}
+			s.Close()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
