@@ -128,6 +128,11 @@ type Manager struct {
 	// Validator, if set, makes this Manager a frontend of a central
 	// validation server, which alone talks to the CA; see [Validator].
 	Validator *Validator
+	// IssuanceToken, if set, makes this Manager a validation server for
+	// frontends: [Manager.HTTPHandler] (so [Manager.Serve]'s port-80
+	// server) answers their issuance requests at [IssuePath], as
+	// [Manager.IssuanceHandler] with this token does.
+	IssuanceToken string
 
 	// OnDemand allows names not given to ManageSync to get a certificate on
 	// their first handshake. Nil means no on-demand issuance.

@@ -21,6 +21,8 @@ const httpChallengePath = "/.well-known/acme-challenge/"
 //     on demand) are redirected to the same URL over HTTPS, path and query
 //     kept: 301 for GET and HEAD, 308 for other methods, so that a POST
 //     stays a POST; unless the site's [SitePolicy] says KeepHTTP;
+//   - with [Manager.IssuanceToken] set, frontends' issuance requests at
+//     [IssuePath] are answered;
 //   - every other request goes to fallback: sites that keep plain HTTP,
 //     and hosts this Manager does not serve. A nil fallback answers them
 //     404, so that port 80 does not redirect arbitrary Host headers.
@@ -37,9 +39,17 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 	if fallback == nil {
 		fallback = http.NotFoundHandler()
 	}
+	var issuance http.Handler
+	if m.IssuanceToken != "" {
+		issuance = m.IssuanceHandler(m.IssuanceToken)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := m.init(); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if issuance != nil && r.URL.Path == IssuePath {
+			issuance.ServeHTTP(w, r)
 			return
 		}
 		host := r.Host

@@ -58,6 +58,7 @@ type config struct {
 	hsts                        time.Duration
 	hstsSubdomains, hstsPreload bool
 	noHTTPChallenge, noALPN     bool
+	validator, fleetToken       string
 	logLevel                    zapcore.Level
 }
 
@@ -70,7 +71,7 @@ func parse(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.email, "email", "", "contact address of the ACME account: the CA writes about expiring certificates and changes")
 	fs.BoolVar(&c.agreeTOS, "agree-tos", false, "agree to the CA's terms of service (Let's Encrypt requires it; the URL is in the CA's directory)")
 	fs.StringVar(&c.caRoot, "ca-root", "", "PEM file of roots to trust for the CA's own HTTPS, added to the system's: for a private CA")
-	fs.StringVar(&c.storage, "storage", "", "where accounts and certificates are kept: a directory, or a postgres:// connection string shared by a fleet (default: acmetls under the user's data directory)")
+	fs.StringVar(&c.storage, "storage", "", "where accounts and certificates are kept: a directory, or a PostgreSQL connection string (postgres://... or host=... dbname=...) shared by a fleet (default: acmetls under the user's data directory)")
 	fs.Func("on-demand", "comma-separated names that get a certificate on their first handshake (may repeat)", func(s string) error {
 		c.onDemand = append(c.onDemand, splitNames(s)...)
 		return nil
@@ -86,6 +87,8 @@ func parse(args []string, out io.Writer) (*config, error) {
 	fs.BoolVar(&c.hstsPreload, "hsts-preload", false, "add preload to HSTS (browsers' lists also want -hsts-subdomains and -hsts of a year or more; removal takes months)")
 	fs.BoolVar(&c.noHTTPChallenge, "no-http-challenge", false, "do not use http-01 (port 80 does not reach this server)")
 	fs.BoolVar(&c.noALPN, "no-tls-alpn-challenge", false, "do not use tls-alpn-01 (port 443 does not reach this server directly)")
+	fs.StringVar(&c.validator, "validator", "", "frontend mode: the URL of the fleet's validation server (e.g. http://10.0.0.5), which alone talks to the CA; this server never does, and reads certificates from the shared -storage")
+	fs.StringVar(&c.fleetToken, "fleet-token", os.Getenv("ACMETLS_FLEET_TOKEN"), "the fleet's shared secret (default $ACMETLS_FLEET_TOKEN, which keeps it out of ps): with -validator, sent with issuance requests; without, makes this server the validation server, answering frontends' requests on its plain HTTP address")
 	fs.TextVar(&c.logLevel, "log-level", c.logLevel, "least level logged: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "usage: server [flags] name ...\n\n"+
@@ -112,6 +115,10 @@ func parse(args []string, out io.Writer) (*config, error) {
 		return nil, errors.New("-root and -upstream: give one")
 	case c.root == "" && c.upstream == "":
 		return nil, errors.New("nothing to serve: give -root or -upstream")
+	case c.validator != "" && c.fleetToken == "":
+		return nil, errors.New("-validator needs the fleet's token: -fleet-token or $ACMETLS_FLEET_TOKEN")
+	case c.fleetToken != "" && c.validator == "" && c.httpAddr == "":
+		return nil, errors.New("a validation server answers frontends on its plain HTTP address: give -http-addr")
 	}
 	return c, nil
 }
@@ -154,6 +161,12 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 		DisableTLSALPNChallenge: c.noALPN,
 		Logger:                  logger,
 	}
+	switch {
+	case c.validator != "":
+		m.Validator = &acmetls.Validator{URL: c.validator, Token: c.fleetToken}
+	case c.fleetToken != "":
+		m.IssuanceToken = c.fleetToken
+	}
 	if c.caRoot != "" {
 		pem, err := os.ReadFile(c.caRoot)
 		if err != nil {
@@ -169,7 +182,7 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 		m.RootCAs = roots
 	}
 	switch {
-	case strings.HasPrefix(c.storage, "postgres://"), strings.HasPrefix(c.storage, "postgresql://"):
+	case strings.HasPrefix(c.storage, "postgres://"), strings.HasPrefix(c.storage, "postgresql://"), strings.Contains(c.storage, "dbname="):
 		pg, err := postgres.Open(ctx, c.storage)
 		if err != nil {
 			return fmt.Errorf("-storage: %w", err)
@@ -231,8 +244,15 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 	if httpLn != nil {
 		httpAddr = httpLn.Addr()
 	}
+	mode := "standalone"
+	switch {
+	case m.Validator != nil:
+		mode = "frontend of " + c.validator
+	case m.IssuanceToken != "":
+		mode = "validation server"
+	}
 	logger.Info("serving", zap.Stringer("https", httpsLn.Addr()), zap.Any("http", httpAddr),
-		zap.String("ca", c.ca), zap.Strings("names", c.names))
+		zap.String("ca", c.ca), zap.Strings("names", c.names), zap.String("mode", mode))
 	if ready != nil {
 		ready(httpAddr, httpsLn.Addr())
 	}

@@ -17,11 +17,13 @@ import (
 	"time"
 
 	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/internal/pgtest"
 	"github.com/acmetls/acmetls/internal/testdeps"
 )
 
-// The tests run curl and openssl, installed if missing.
-func TestMain(m *testing.M) { os.Exit(testdeps.Main(m, testdeps.Curl, testdeps.OpenSSL)) }
+// The tests run curl, openssl and a PostgreSQL server, installed if
+// missing.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, testdeps.Curl, testdeps.OpenSSL)) }
 
 // freePort returns a port on 127.0.0.1 that was free a moment ago.
 func freePort(t *testing.T) int {
