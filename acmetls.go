@@ -190,6 +190,8 @@ type Manager struct {
 	ocspHTTP         *http.Client
 	sched            schedule
 	servedPort       atomic.Int32 // the port of Serve's HTTPS listener
+	noPort80         atomic.Bool  // Serve was given no port-80 listener: no http-01
+	httpDecisions    tokenBucket  // OnDemand.Decision calls for plain HTTP requests
 	tickets          ticketKeys   // session-ticket keys from storage
 
 	// Maintenance without Run: see unattended.
@@ -285,6 +287,7 @@ func (m *Manager) setup() {
 	m.orders = make(chan struct{}, maxConcurrentOrders)
 	m.backgroundOrders = make(chan struct{}, maxConcurrentOrders/2)
 	m.sched.wake = make(chan struct{}, 1)
+	m.httpDecisions = tokenBucket{tokens: httpDecisionsBurst, burst: httpDecisionsBurst, perSecond: httpDecisionsPerSecond}
 	m.sched.due = new(atomic.Bool)
 	m.sched.clock = m.clock
 	if m.sched.clock == nil {
@@ -514,15 +517,7 @@ func (m *Manager) allowed(ctx context.Context, name string) error {
 	if od == nil {
 		return fmt.Errorf("%w: %q (set Manager.OnDemand or call ManageSync)", ErrNotManaged, name)
 	}
-	od.once.Do(func() {
-		od.names = make(map[string]struct{}, len(od.Names))
-		for _, n := range od.Names {
-			if nn, err := normalizeName(n); err == nil {
-				od.names[nn] = struct{}{}
-			}
-		}
-	})
-	if _, ok := od.names[name]; ok {
+	if od.listed(name) {
 		return nil
 	}
 	if od.Decision == nil {
@@ -535,6 +530,20 @@ func (m *Manager) allowed(ctx context.Context, name string) error {
 	err = fmt.Errorf("acmetls: on-demand policy denied %q: %w", name, err)
 	m.denied.remember(name, err, m.now().Add(od.denialTTL()))
 	return err
+}
+
+// listed reports whether name is in Names.
+func (od *OnDemand) listed(name string) bool {
+	od.once.Do(func() {
+		od.names = make(map[string]struct{}, len(od.Names))
+		for _, n := range od.Names {
+			if nn, err := normalizeName(n); err == nil {
+				od.names[nn] = struct{}{}
+			}
+		}
+	})
+	_, ok := od.names[name]
+	return ok
 }
 
 // denialTTL is how long a denial is remembered; od may be nil.

@@ -173,7 +173,7 @@ func (m *Manager) succeeded(ctx context.Context, name string, kt KeyType, st ren
 // back an attempt under the new ones. setup keeps it in m.config.
 func (m *Manager) configID() string {
 	h := fnv.New64a()
-	for _, s := range []string{m.ca(), m.Email, strconv.FormatBool(m.DisableHTTPChallenge),
+	for _, s := range []string{m.ca(), m.Email, strconv.FormatBool(!m.httpChallenge()),
 		strconv.FormatBool(m.DisableTLSALPNChallenge), strconv.FormatBool(m.MustStaple)} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})

@@ -93,7 +93,13 @@ func (m *Manager) serveChallenge(w http.ResponseWriter, r *http.Request, host st
 
 // wouldServe reports whether a handshake for name, normalized, could get
 // a certificate: one in memory, a managed name, one storage may hold, or
-// one the on-demand policy allows (whose refusals are remembered).
+// one the on-demand policy allows (whose refusals are remembered). A
+// plain HTTP request costs its client far less than a handshake, so
+// OnDemand.Decision is asked for such requests at most
+// httpDecisionsBurst at once and httpDecisionsPerSecond after that, for
+// the process: random Host headers do not fan out to the provider's
+// policy service. Beyond that, a host only the Decision could allow gets
+// no redirect.
 func (m *Manager) wouldServe(ctx context.Context, name string) bool {
 	if m.cache.get(name) != nil || m.isManaged(name) {
 		return true
@@ -101,8 +107,26 @@ func (m *Manager) wouldServe(ctx context.Context, name string) bool {
 	if m.denied.check(name, m.now()) != nil {
 		return false
 	}
-	return m.mayBeStored(name) || m.allowed(ctx, name) == nil
+	if m.mayBeStored(name) {
+		return true
+	}
+	od := m.OnDemand
+	switch {
+	case od == nil:
+		return false
+	case od.listed(name):
+		return true
+	case od.Decision == nil || !m.httpDecisions.allow(m.now()):
+		return false
+	}
+	return m.allowed(ctx, name) == nil
 }
+
+// The bounds on on-demand decisions asked for plain HTTP requests.
+const (
+	httpDecisionsBurst     = 20
+	httpDecisionsPerSecond = 5
+)
 
 // redirectHTTPS redirects a plain HTTP request for name to HTTPS.
 func (m *Manager) redirectHTTPS(w http.ResponseWriter, r *http.Request, name string) {

@@ -3,9 +3,11 @@ package acmetls
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,5 +131,41 @@ func TestHTTPSHandlerSites(t *testing.T) {
 		if got := strings.Join(rec.Header().Values("Strict-Transport-Security"), ","); got != tc.want {
 			t.Errorf("sni %q host %q tls %v: HSTS %q, want %q", tc.sni, tc.host, tc.tls, got, tc.want)
 		}
+	}
+}
+
+// Random Host headers on port 80 ask the on-demand Decision a bounded
+// number of times: plain HTTP requests are cheap for a client, and the
+// Decision may be a provider's service.
+func TestHTTPDecisionsBounded(t *testing.T) {
+	m := cachedManager(t, 10, "served.example.com")
+	var asked atomic.Int32
+	m.OnDemand = &OnDemand{Decision: func(context.Context, string) error {
+		asked.Add(1)
+		return nil
+	}}
+	m.listNames(context.Background())
+	clock := newFakeClock(time.Now())
+	m.clock = clock
+	redirects := 0
+	for i := range 1000 {
+		req := httptest.NewRequest("GET", "http://placeholder/", nil)
+		req.Host = fmt.Sprintf("random%d.example.com", i)
+		rec := httptest.NewRecorder()
+		m.HTTPHandler(nil).ServeHTTP(rec, req)
+		if rec.Code == http.StatusMovedPermanently {
+			redirects++
+		}
+	}
+	if n := asked.Load(); n != httpDecisionsBurst || redirects != httpDecisionsBurst {
+		t.Errorf("1,000 random hosts at once: %d decisions, %d redirects; want %d of each", n, redirects, httpDecisionsBurst)
+	}
+	clock.Add(time.Second)
+	req := httptest.NewRequest("GET", "http://placeholder/", nil)
+	req.Host = "later.example.com"
+	rec := httptest.NewRecorder()
+	m.HTTPHandler(nil).ServeHTTP(rec, req)
+	if rec.Code != http.StatusMovedPermanently {
+		t.Errorf("a second later, a host the Decision allows: %d, want a redirect", rec.Code)
 	}
 }

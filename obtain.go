@@ -307,7 +307,7 @@ func (m *Manager) validationHint(err error) string {
 		return ""
 	}
 	var ports []string
-	if !m.DisableHTTPChallenge {
+	if m.httpChallenge() {
 		ports = append(ports, "port 80 (http-01, Manager.HTTPHandler)")
 	}
 	if !m.DisableTLSALPNChallenge {
@@ -366,7 +366,7 @@ func chainCommonNames(chainPEM []byte) []string {
 // solvers returns the enabled challenge solvers.
 func (m *Manager) solvers() map[string]acmez.Solver {
 	s := make(map[string]acmez.Solver, 2)
-	if !m.DisableHTTPChallenge {
+	if m.httpChallenge() {
 		s[acme.ChallengeTypeHTTP01] = solver{m}
 	}
 	if !m.DisableTLSALPNChallenge {
@@ -397,4 +397,10 @@ func newCSR(key crypto.Signer, name string, withMustStaple bool) (*x509.Certific
 		return nil, err
 	}
 	return x509.ParseCertificateRequest(der)
+}
+
+// httpChallenge reports whether the CA may validate by http-01: not when
+// it is disabled, nor when Serve was given no port-80 listener.
+func (m *Manager) httpChallenge() bool {
+	return !m.DisableHTTPChallenge && !m.noPort80.Load()
 }

@@ -63,14 +63,16 @@ func (m *Manager) ListenAndServe(ctx context.Context, handler http.Handler, name
 // finish for up to [ServeShutdownTimeout], stops Run and the bringing up
 // of names, and returns nil once all of it has stopped. It returns
 // earlier, with the error, if a listener fails. It closes both listeners.
-// A nil httpLn serves no plain HTTP: the CA then validates by
-// tls-alpn-01 only.
+// A nil httpLn serves no plain HTTP, and the Manager then asks the CA for
+// tls-alpn-01 validation only.
 //
 // The HTTPS server allows [ServeHandshakeTimeout] for a handshake and a
 // request's headers, enough for a first on-demand issuance, and closes
 // idle connections after [ServeIdleTimeout]; it sets no timeout on
-// reading bodies or writing answers, which depend on the application
-// (wrap handler in [http.TimeoutHandler] for one). The port-80 server has
+// reading bodies or writing answers, which depend on the application: a
+// handler that reads bodies should bound them, with
+// [http.ResponseController.SetReadDeadline] or [http.TimeoutHandler], or
+// clients that trickle a body hold their connections. The port-80 server has
 // short timeouts, since it serves only challenges and redirects.
 func (m *Manager) Serve(ctx context.Context, httpLn, httpsLn net.Listener, handler http.Handler, names ...string) error {
 	closeAll := func() {
@@ -78,6 +80,13 @@ func (m *Manager) Serve(ctx context.Context, httpLn, httpsLn net.Listener, handl
 			httpLn.Close()
 		}
 		httpsLn.Close()
+	}
+	if httpLn == nil {
+		if m.DisableTLSALPNChallenge {
+			closeAll()
+			return errors.New("acmetls: Serve without a port-80 listener and with tls-alpn-01 disabled: the CA could validate nothing")
+		}
+		m.noPort80.Store(true) // before setup, which fingerprints the challenge types
 	}
 	if err := m.init(); err != nil {
 		closeAll()

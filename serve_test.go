@@ -261,3 +261,35 @@ func TestNoPassWhileRunRuns(t *testing.T) {
 	}
 	waitFor(t, "the pass", func() bool { return !m.sched.due.Load() && !m.passing.Load() })
 }
+
+// Serve without a port-80 listener asks the CA for tls-alpn-01 only: no
+// validation fails on the missing port, and each certificate takes one
+// order.
+func TestServeWithoutPort80(t *testing.T) {
+	e := newServeEnv(t, acmetest.Options{})
+	e.httpLn.Close() // nothing answers on the CA's http-01 port
+	const name = "noport80.example.com"
+	var evs events
+	m := &Manager{
+		CA: e.ca.DirectoryURL, Email: "admin@example.com", AgreeToTerms: true,
+		HTTPClient: e.ca.HTTPClient(), Storage: &storage.Memory{}, OnEvent: evs.add,
+		Logger: zap.NewNop(),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Serve(ctx, nil, e.httpsLn, http.NotFoundHandler(), name) }()
+	waitFor(t, "the certificates", func() bool { return len(evs.of(EventObtained)) == 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.ca.Orders()); n != 2 || len(evs.of(EventObtainFailed)) != 0 {
+		t.Errorf("%d orders, %d failures; want 2 orders, none failed", n, len(evs.of(EventObtainFailed)))
+	}
+
+	m = &Manager{DisableTLSALPNChallenge: true, Storage: &storage.Memory{}}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	if err := m.Serve(context.Background(), nil, ln, http.NotFoundHandler()); err == nil || !strings.Contains(err.Error(), "validate nothing") {
+		t.Errorf("Serve with no port 80 and tls-alpn-01 disabled: %v", err)
+	}
+}

@@ -59,6 +59,8 @@ type config struct {
 	hstsSubdomains, hstsPreload bool
 	noHTTPChallenge, noALPN     bool
 	validator, fleetToken       string
+	bodyTimeout                 time.Duration
+	defaultName                 string
 	logLevel                    zapcore.Level
 }
 
@@ -85,6 +87,8 @@ func parse(args []string, out io.Writer) (*config, error) {
 	fs.DurationVar(&c.hsts, "hsts", acmetls.DefaultHSTSMaxAge, "HSTS max-age sent over HTTPS; 0 or negative sends none. Browsers then refuse plain HTTP and certificate errors for that long")
 	fs.BoolVar(&c.hstsSubdomains, "hsts-subdomains", false, "add includeSubDomains to HSTS: every name under the served ones must then work over HTTPS")
 	fs.BoolVar(&c.hstsPreload, "hsts-preload", false, "add preload to HSTS (browsers' lists also want -hsts-subdomains and -hsts of a year or more; removal takes months)")
+	fs.DurationVar(&c.bodyTimeout, "body-timeout", time.Minute, "longest a request's body may take to arrive over HTTPS, so that clients trickling bodies do not hold connections; 0 for none")
+	fs.StringVar(&c.defaultName, "default-name", "", "name whose certificate is served to clients that send no server name (SNI)")
 	fs.BoolVar(&c.noHTTPChallenge, "no-http-challenge", false, "do not use http-01 (port 80 does not reach this server)")
 	fs.BoolVar(&c.noALPN, "no-tls-alpn-challenge", false, "do not use tls-alpn-01 (port 443 does not reach this server directly)")
 	fs.StringVar(&c.validator, "validator", "", "frontend mode: the URL of the fleet's validation server (e.g. http://10.0.0.5), which alone talks to the CA; this server never does, and reads certificates from the shared -storage")
@@ -159,6 +163,7 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 		HTTPSPort:               c.httpsPort,
 		DisableHTTPChallenge:    c.noHTTPChallenge,
 		DisableTLSALPNChallenge: c.noALPN,
+		DefaultServerName:       c.defaultName,
 		Logger:                  logger,
 	}
 	switch {
@@ -227,6 +232,10 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 		handler = http.FileServer(http.Dir(c.root))
 	}
 
+	if c.bodyTimeout > 0 {
+		handler = bodyDeadline(handler, c.bodyTimeout)
+	}
+
 	var httpLn net.Listener
 	if c.httpAddr != "" {
 		if httpLn, err = net.Listen("tcp", c.httpAddr); err != nil {
@@ -289,4 +298,13 @@ func askDecision(ask string) (func(context.Context, string) error, error) {
 		}
 		return nil
 	}, nil
+}
+
+// bodyDeadline bounds the time a request's body may take to arrive: past
+// it, reading the body fails and the connection closes.
+func bodyDeadline(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
+		h.ServeHTTP(w, r)
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -196,7 +197,7 @@ func TestServerFlags(t *testing.T) {
 	}
 	for _, flag := range []string{"-ca", "-email", "-agree-tos", "-ca-root", "-storage", "-on-demand", "-ask",
 		"-http-addr", "-https-addr", "-https-port", "-root", "-upstream", "-hsts", "-hsts-subdomains", "-hsts-preload",
-		"-no-http-challenge", "-no-tls-alpn-challenge", "-log-level", "staging", "postgres://"} {
+		"-no-http-challenge", "-no-tls-alpn-challenge", "-log-level", "-body-timeout", "-default-name", "-validator", "-fleet-token", "staging", "postgres://"} {
 		if !strings.Contains(out.String(), flag) {
 			t.Errorf("-h does not mention %s", flag)
 		}
@@ -216,5 +217,41 @@ func TestServerFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want an error about %s", tc.args, err, tc.want)
 		}
+	}
+}
+
+// -body-timeout: a body that trickles in longer than the bound fails to
+// read, so the client cannot hold the connection.
+func TestBodyDeadline(t *testing.T) {
+	readErr := make(chan error, 1)
+	srv := httptest.NewTLSServer(bodyDeadline(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		readErr <- err
+	}), 200*time.Millisecond))
+	defer srv.Close()
+	pr, pw := io.Pipe()
+	go func() {
+		for range 50 { // 5 s of trickle
+			if _, err := pw.Write([]byte("x")); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	defer pw.Close()
+	go func() {
+		resp, err := srv.Client().Post(srv.URL, "text/plain", pr)
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Error("a body trickling for 5 s was read whole under a 200 ms bound")
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("the body was still being read 3 s into a 200 ms bound")
 	}
 }
