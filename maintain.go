@@ -240,6 +240,8 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer wg.Wait()
 	if w, ok := m.store.(storage.Watcher); ok {
 		wg.Go(func() { m.watch(ctx, w) })
+	} else {
+		wg.Go(func() { m.pollChanges(ctx) })
 	}
 	slots := make(chan struct{}, m.renewConcurrency())
 	timer, stop := m.newTimer(0)

@@ -41,6 +41,9 @@ func isCert(key string) bool { return strings.HasPrefix(key, storage.CertsDir+"/
 func (m *Manager) write(ctx context.Context, key string, value []byte, name string, kt KeyType) error {
 	err := m.store.Store(ctx, key, value)
 	m.unsaved.set(key, unsavedWrite{value: value, name: name, kt: kt}, err != nil)
+	if err == nil {
+		m.journal(ctx, key)
+	}
 	return err
 }
 

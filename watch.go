@@ -2,6 +2,12 @@ package acmetls
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -87,4 +93,84 @@ func certOfKey(key string) (string, KeyType, bool) {
 		return "", "", false
 	}
 	return name, kt, true
+}
+
+// Storages that do not tell of writes get a journal instead: every
+// certificate written leaves a record in storage.ChangesDir, named by
+// the write's time, holding the certificate's key; Run lists the
+// directory every changesPoll (less up to a fifth, at random) and reads
+// what is new. A listing of a small directory per poll, whatever the
+// number of certificates. Records an hour old are deleted by writers.
+const (
+	changesPoll = 10 * time.Second
+	changesKeep = time.Hour
+)
+
+// journal notes that key, a certificate record, was written, for
+// processes on a storage that does not tell them.
+func (m *Manager) journal(ctx context.Context, key string) {
+	if _, ok := m.store.(storage.Watcher); ok || !strings.HasPrefix(key, storage.CertsDir+"/") {
+		return
+	}
+	var r [4]byte
+	rand.Read(r[:])
+	now := m.now()
+	entry := storage.ChangesDir + "/" + strconv.FormatInt(now.UnixNano(), 10) + "-" + hex.EncodeToString(r[:])
+	if err := m.store.Store(ctx, entry, []byte(key)); err != nil {
+		m.logger().Named("storage").Warn("noting a write for other processes; they read it when due", zapErr(err))
+		return
+	}
+	// Prune what every process has long read.
+	keys, err := m.store.List(ctx, storage.ChangesDir, false)
+	if err != nil {
+		return
+	}
+	for _, k := range keys {
+		if at, ok := changeTime(k); ok && now.Sub(at) > changesKeep {
+			_ = m.store.Delete(ctx, k)
+		}
+	}
+}
+
+// changeTime is the time in a journal record's name.
+func changeTime(key string) (time.Time, bool) {
+	name := key[strings.LastIndexByte(key, '/')+1:]
+	ns, _, ok := strings.Cut(name, "-")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if !ok || err != nil || n <= 0 || n == math.MaxInt64 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, n), true
+}
+
+// pollChanges follows the journal until ctx ends. The first listing only
+// marks what is there as read.
+func (m *Manager) pollChanges(ctx context.Context) {
+	var seen map[string]bool
+	for {
+		keys, err := m.store.List(ctx, storage.ChangesDir, false)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) && ctx.Err() == nil {
+			m.logger().Named("storage").Warn("listing other processes' writes; they are read when due meanwhile", zapErr(err))
+		}
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			now := make(map[string]bool, len(keys))
+			for _, k := range keys {
+				now[k] = true
+				if seen == nil || seen[k] {
+					continue
+				}
+				if b, err := m.store.Load(ctx, k); err == nil {
+					m.changed(ctx, string(b))
+				}
+			}
+			seen = now
+		}
+		t, stop := m.newTimer(jitter(changesPoll))
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case <-t:
+		}
+	}
 }

@@ -2,6 +2,7 @@ package acmetls
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,4 +88,55 @@ func TestCertOfKey(t *testing.T) {
 			t.Errorf("certOfKey(%q) = %q, %q, %v; want %q, %q, %v", tc.key, name, kt, ok, tc.name, tc.kt, tc.ok)
 		}
 	}
+}
+
+// Item 3 of the fleet issue, on file storage, which tells of no writes:
+// a certificate one process renews is served by another within one poll
+// of the journal, weeks before it would read storage for it, and each
+// poll lists one small directory.
+func TestPickupOnFiles(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	clock := newFakeClock(time.Now())
+	reads := &countingStore{Storage: e.storage}
+	const name = "pickup-files.example.com"
+	renewer := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256}; m.clock = clock })
+	server := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256}; m.clock = clock; m.Storage = reads })
+	ctx := context.Background()
+	if err := renewer.ManageSync(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	first, err := e.handshake(name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runManager(t, server)
+	waitFor(t, "the first listing of the journal", func() bool { return reads.lists.Load() >= 1 })
+	if err := renewer.RetryNow(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	listsBefore, loadsBefore := reads.lists.Load(), reads.loads.Load()
+	clock.Add(changesPoll)
+	waitFor(t, "the renewed certificate served", func() bool {
+		cs, err := e.handshake(name, nil)
+		return err == nil && !cs.PeerCertificates[0].Equal(first.PeerCertificates[0])
+	})
+	t.Logf("picked up after one poll (%v less up to a fifth): %d listing, %d loads (the journal record and the certificate)",
+		changesPoll, reads.lists.Load()-listsBefore, reads.loads.Load()-loadsBefore)
+}
+
+// countingStore counts Lists and Loads through it.
+type countingStore struct {
+	storage.Storage
+	lists, loads atomic.Int32
+}
+
+func (s *countingStore) List(ctx context.Context, prefix string, recursive bool) ([]string, error) {
+	s.lists.Add(1)
+	return s.Storage.List(ctx, prefix, recursive)
+}
+
+func (s *countingStore) Load(ctx context.Context, key string) ([]byte, error) {
+	s.loads.Add(1)
+	return s.Storage.Load(ctx, key)
 }

@@ -125,6 +125,12 @@ func AccountLockName(ca, email string) string {
 	return Prefix + "-account-" + Safe(caSegment(ca)) + "-" + Safe(email)
 }
 
+// ChangesDir holds, for a Storage that is not a [Watcher], one small
+// record per certificate written in the last hour, named by the time of
+// the write: processes list it to pick up each other's writes without
+// reading every certificate.
+const ChangesDir = Prefix + "/changes"
+
 // TicketKeysKey is the key of the TLS session-ticket keys that processes
 // sharing storage encrypt tickets with, so that a client resumes on any
 // of them. It holds secrets, as certificate records do.
