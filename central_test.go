@@ -47,7 +47,9 @@ type centralEnv struct {
 
 const fleetToken = "s3cret-fleet-token"
 
-func newCentralEnv(t *testing.T) *centralEnv {
+func newCentralEnv(t *testing.T) *centralEnv { return newCentralEnvWith(t, acmetest.Options{}) }
+
+func newCentralEnvWith(t *testing.T, opts acmetest.Options) *centralEnv {
 	t.Helper()
 	listen := func() net.Listener {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -57,10 +59,9 @@ func newCentralEnv(t *testing.T) *centralEnv {
 		return ln
 	}
 	frontHTTP, front0TLS, front1TLS, valLn := listen(), listen(), listen(), listen()
-	ca, err := acmetest.New(acmetest.Options{
-		HTTPPort: frontHTTP.Addr().(*net.TCPAddr).Port,
-		TLSPort:  front0TLS.Addr().(*net.TCPAddr).Port,
-	})
+	opts.HTTPPort = frontHTTP.Addr().(*net.TCPAddr).Port
+	opts.TLSPort = front0TLS.Addr().(*net.TCPAddr).Port
+	ca, err := acmetest.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,5 +264,42 @@ func TestFrontendPicksUpRenewal(t *testing.T) {
 	})
 	if n := e.ca.FinalizationsFor(name, "ECDSA"); n != 2 {
 		t.Errorf("%d certificates, want the first and one renewal", n)
+	}
+}
+
+// roundTripCounter counts the requests sent through it.
+type roundTripCounter struct{ n atomic.Int32 }
+
+func (c *roundTripCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// A frontend staples what the validation server fetched and stored, and
+// asks no OCSP responder itself.
+func TestFrontendStaplesFromStorage(t *testing.T) {
+	responder := acmetest.NewResponder(time.Hour)
+	defer responder.Close()
+	e := newCentralEnvWith(t, acmetest.Options{OCSPResponderURL: responder.URL})
+	responder.Attach(e.ca)
+	front := e.fronts[0]
+	if err := front.init(); err != nil {
+		t.Fatal(err)
+	}
+	var asked roundTripCounter
+	front.ocspHTTP = &http.Client{Transport: &asked}
+	const name = "stapled.example.com"
+	if _, err := e.handshake(0, name); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a staple on the frontend", func() bool {
+		cs, err := e.handshake(0, name)
+		return err == nil && len(cs.OCSPResponse) > 0
+	})
+	for _, m := range []*Manager{e.validation, e.fronts[0], e.fronts[1]} {
+		waitFor(t, "the work in the background", func() bool { return m.obtains.Len() == 0 })
+	}
+	if n := asked.n.Load(); n != 0 || responder.Requests() == 0 {
+		t.Errorf("the frontend asked the responder %d times; the responder was asked %d times in all", n, responder.Requests())
 	}
 }

@@ -96,8 +96,17 @@ func (m *Manager) stapleRefresh(r *ocsp.Response, now time.Time) time.Time {
 
 // fetchStaple asks the responder, checks the answer and stores it if it
 // may be stapled.
+//
+// A frontend of a validation server asks no responder: it reads the
+// staple the validation server stored, and checks it the same way.
 func (m *Manager) fetchStaple(ctx context.Context, name string, kt KeyType, leaf, issuer *x509.Certificate) (*ocsp.Response, []byte, error) {
-	der, err := ocsp.Fetch(ctx, m.ocspHTTP, leaf, issuer)
+	var der []byte
+	var err error
+	if m.Validator != nil {
+		der, err = m.store.Load(ctx, storage.StapleKey(name, string(kt)))
+	} else {
+		der, err = ocsp.Fetch(ctx, m.ocspHTTP, leaf, issuer)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -105,7 +114,7 @@ func (m *Manager) fetchStaple(ctx context.Context, name string, kt KeyType, leaf
 	if err != nil {
 		return nil, nil, err
 	}
-	if r.Status == ocsp.Good {
+	if r.Status == ocsp.Good && m.Validator == nil {
 		if err := m.store.Store(ctx, storage.StapleKey(name, string(kt)), der); err != nil {
 			m.logger().Named("ocsp").Warn("storing staple", zapName(name), zapErr(err))
 		}
