@@ -86,6 +86,10 @@ func (m *Manager) loadAccount(ctx context.Context, key string) (*acme.Account, e
 	}, nil
 }
 
+// ErrExternalAccount is returned when the CA requires external account
+// binding and none, or an unusable one, is configured.
+var ErrExternalAccount = errors.New("acmetls: external account binding")
+
 func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account, error) {
 	dir, err := m.client.GetDirectory(ctx)
 	if err != nil {
@@ -105,6 +109,14 @@ func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account,
 	a := acme.Account{TermsOfServiceAgreed: m.AgreeToTerms, PrivateKey: priv}
 	if m.Email != "" {
 		a.Contact = []string{"mailto:" + m.Email}
+	}
+	switch eab := m.ExternalAccount; {
+	case eab != nil:
+		if err := a.SetExternalAccountBinding(ctx, m.client, acme.EAB{KeyID: eab.KeyID, MACKey: eab.MACKey}); err != nil {
+			return nil, fmt.Errorf("%w: binding the account to key ID %q: %v", ErrExternalAccount, eab.KeyID, err)
+		}
+	case dir.Meta != nil && dir.Meta.ExternalAccountRequired:
+		return nil, fmt.Errorf("%w: %s requires it; set Manager.ExternalAccount to the key ID and HMAC key the CA gave", ErrExternalAccount, m.ca())
 	}
 	a, err = m.client.NewAccount(ctx, a)
 	if err != nil {

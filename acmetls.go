@@ -103,6 +103,16 @@ type Manager struct {
 	// default chain.
 	PreferredChain string
 
+	// Profile is the ACME profile ordered (RFC draft "ACME profiles"; at
+	// Let's Encrypt "classic", "tlsserver" or "shortlived", whose 6-day
+	// certificates are renewed at half their lifetime). It must be one
+	// the CA's directory offers: an unknown one is refused before any
+	// order, with the names offered. Empty: the CA's default.
+	Profile string
+	// ExternalAccount binds the ACME account to an account the CA's
+	// operator issued (RFC 8555 §7.3.4), as CAs that require it ask.
+	ExternalAccount *ExternalAccount
+
 	// MustStaple asks the CA for certificates with the OCSP Must-Staple
 	// extension (RFC 7633), which clients may refuse without a staple.
 	// Let's Encrypt refuses such orders since it stopped OCSP in 2025;
@@ -229,6 +239,14 @@ type Manager struct {
 	account *acme.Account
 
 	storedAccountOnce sync.Once
+}
+
+// ExternalAccount is the key identifier and HMAC key a CA gives for
+// binding an ACME account to an account of its own.
+type ExternalAccount struct {
+	KeyID string
+	// MACKey is the HMAC key, base64url-encoded, as CAs hand it out.
+	MACKey string
 }
 
 // OnDemand says which names not given to ManageSync may get a certificate

@@ -174,7 +174,7 @@ func (m *Manager) succeeded(ctx context.Context, name string, kt KeyType, st ren
 func (m *Manager) configID() string {
 	h := fnv.New64a()
 	for _, s := range []string{m.ca(), m.Email, strconv.FormatBool(!m.httpChallenge()),
-		strconv.FormatBool(m.DisableTLSALPNChallenge), strconv.FormatBool(m.MustStaple)} {
+		strconv.FormatBool(m.DisableTLSALPNChallenge), strconv.FormatBool(m.MustStaple), m.Profile} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
@@ -193,7 +193,8 @@ func isConfigError(err error) bool {
 		invalid          x509.CertificateInvalidError
 	)
 	switch {
-	case errors.Is(err, ErrTermsNotAgreed), errors.As(err, &unknownAuthority), errors.As(err, &hostname),
+	case errors.Is(err, ErrTermsNotAgreed), errors.Is(err, ErrExternalAccount), errors.Is(err, ErrUnknownProfile),
+		errors.As(err, &unknownAuthority), errors.As(err, &hostname),
 		errors.As(err, &verification), errors.As(err, &invalid):
 		return true
 	}

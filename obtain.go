@@ -324,6 +324,12 @@ func (m *Manager) order(ctx context.Context, account *acme.Account, csr *x509.Ce
 		return nil, err
 	}
 	params.Replaces = replaces
+	if m.Profile != "" {
+		if err := m.checkProfile(ctx); err != nil {
+			return nil, err
+		}
+		params.Profile = m.Profile
+	}
 	client := acmez.Client{Client: m.client, ChallengeSolvers: m.solvers()}
 	return client.ObtainCertificate(ctx, params)
 }
@@ -403,4 +409,31 @@ func newCSR(key crypto.Signer, name string, withMustStaple bool) (*x509.Certific
 // it is disabled, nor when Serve was given no port-80 listener.
 func (m *Manager) httpChallenge() bool {
 	return !m.DisableHTTPChallenge && !m.noPort80.Load()
+}
+
+// ErrUnknownProfile is returned when [Manager.Profile] is not one the CA
+// offers.
+var ErrUnknownProfile = errors.New("acmetls: unknown ACME profile")
+
+// checkProfile refuses a Profile the CA's directory does not offer,
+// naming those it does.
+func (m *Manager) checkProfile(ctx context.Context) error {
+	dir, err := m.client.GetDirectory(ctx)
+	if err != nil {
+		return fmt.Errorf("acmetls: reading the CA's directory %s: %w", m.ca(), err)
+	}
+	var offered []string
+	if dir.Meta != nil {
+		if _, ok := dir.Meta.Profiles[m.Profile]; ok {
+			return nil
+		}
+		for p := range dir.Meta.Profiles {
+			offered = append(offered, p)
+		}
+	}
+	slices.Sort(offered)
+	if len(offered) == 0 {
+		return fmt.Errorf("%w %q: %s offers no profiles", ErrUnknownProfile, m.Profile, m.ca())
+	}
+	return fmt.Errorf("%w %q: %s offers %s", ErrUnknownProfile, m.Profile, m.ca(), strings.Join(offered, ", "))
 }

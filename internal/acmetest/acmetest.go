@@ -42,6 +42,12 @@ type Options struct {
 	// Validity is the lifetime of issued certificates; zero means
 	// Pebble's default, 90 days.
 	Validity time.Duration
+	// Profiles are offered besides "default", by name, with the lifetime
+	// of their certificates.
+	Profiles map[string]time.Duration
+	// EABKeys, when set, makes the CA require external account binding
+	// with one of these keys: key ID to base64url (unpadded) HMAC key.
+	EABKeys map[string]string
 	// DisableARI leaves renewal information (RFC 9773) out of the
 	// directory, as for a CA that does not offer it.
 	DisableARI bool
@@ -168,9 +174,17 @@ func (c *CA) newPebble() (*pebble, error) {
 		Description:    "default profile",
 		ValidityPeriod: uint64(c.opts.Validity / time.Second),
 	}}
+	for name, validity := range c.opts.Profiles {
+		profiles[name] = ca.Profile{Description: name + " profile", ValidityPeriod: uint64(validity / time.Second)}
+	}
+	for id, key := range c.opts.EABKeys {
+		if err := p.db.AddExternalAccountKeyByID(id, key); err != nil {
+			return nil, err
+		}
+	}
 	p.ca = ca.New(c.logger, p.db, c.opts.OCSPResponderURL, "rsa", c.opts.AlternateRoots, 1, profiles)
 	v := va.New(c.logger, c.opts.HTTPPort, c.opts.TLSPort, false, c.dnsAddr, p.db)
-	w := wfe.New(c.logger, p.db, v, p.ca, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
+	w := wfe.New(c.logger, p.db, v, p.ca, []string{"pebble.letsencrypt.org"}, false, len(c.opts.EABKeys) > 0, 0, 0)
 	p.wfe, p.mgmt = w.Handler(), w.ManagementHandler()
 	return p, nil
 }
