@@ -305,7 +305,8 @@ func (m *Manager) setup() {
 	m.orders = make(chan struct{}, maxConcurrentOrders)
 	m.backgroundOrders = make(chan struct{}, maxConcurrentOrders/2)
 	m.sched.wake = make(chan struct{}, 1)
-	m.httpDecisions = tokenBucket{tokens: httpDecisionsBurst, burst: httpDecisionsBurst, perSecond: httpDecisionsPerSecond}
+	m.httpDecisions = tokenBucket{burst: httpDecisionsBurst, perSecond: httpDecisionsPerSecond}
+	m.chal.reads = tokenBucket{burst: answerReadsBurst, perSecond: answerReadsPerSecond}
 	m.sched.due = new(atomic.Bool)
 	m.sched.clock = m.clock
 	if m.sched.clock == nil {

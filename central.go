@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -150,7 +149,7 @@ const (
 // and 64 waiting (429 and 503 beyond).
 func (m *Manager) IssuanceHandler(token string) http.Handler {
 	want := []byte("Bearer " + token)
-	limit := &tokenBucket{tokens: issueBurst, burst: issueBurst, perSecond: issuePerSecond}
+	limit := &tokenBucket{burst: issueBurst, perSecond: issuePerSecond}
 	waiting := make(chan struct{}, issueConcurrent)
 	answer := func(w http.ResponseWriter, code int, a issueAnswer) {
 		w.Header().Set("Content-Type", "application/json")
@@ -236,26 +235,4 @@ func (m *Manager) hasKeyType(kt KeyType) bool {
 		}
 	}
 	return false
-}
-
-// tokenBucket allows burst events at once, then perSecond.
-type tokenBucket struct {
-	mu               sync.Mutex // guards tokens and at
-	tokens           float64
-	at               time.Time
-	burst, perSecond float64
-}
-
-func (b *tokenBucket) allow(now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.at.IsZero() {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.perSecond)
-	}
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }

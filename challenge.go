@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"sync"
-	"time"
 
 	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
@@ -25,7 +24,7 @@ type challenges struct {
 	mu    sync.RWMutex                // guards http and alpn
 	http  map[string]string           // token -> key authorization
 	alpn  map[string]*tls.Certificate // name -> tls-alpn-01 certificate
-	reads answerReads                 // storage reads for names not served
+	reads tokenBucket                 // storage reads for names not served
 }
 
 // isChallengeHello reports whether hello is a tls-alpn-01 validation: a
@@ -188,35 +187,12 @@ func (m *Manager) pending(host string) {
 	}
 }
 
-// answerReads bounds the storage reads for challenge answers for names
-// this Manager would not serve: a token bucket of answerReadsBurst,
-// refilled at answerReadsPerSecond.
-type answerReads struct {
-	mu     sync.Mutex // guards tokens and at
-	tokens float64
-	at     time.Time
-}
-
+// The bound on storage reads for challenge answers for names this
+// Manager would not serve.
 const (
 	answerReadsPerSecond = 5
 	answerReadsBurst     = 20
 )
-
-func (b *answerReads) allow(now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.at.IsZero() {
-		b.tokens = answerReadsBurst
-	} else {
-		b.tokens = min(answerReadsBurst, b.tokens+now.Sub(b.at).Seconds()*answerReadsPerSecond)
-	}
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
 
 // errNoChallenge is returned when no challenge is pending for a token or
 // name.
