@@ -434,7 +434,10 @@ func (m *Manager) TLSConfig() *tls.Config {
 }
 
 // ManageSync makes the Manager serve names, obtaining now whatever
-// certificate storage does not already hold. It returns when every name has
+// certificate storage does not already hold. A name may be an IP address
+// (RFC 8738), whose certificate is served to clients that dial it and
+// send no server name; Let's Encrypt issues those in its shortlived
+// profile only (see [Manager.Profile]). It returns when every name has
 // a certificate of every key type, or with the errors of those that failed;
 // the others are served regardless.
 //
@@ -449,7 +452,7 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 	normalized := make([]string, 0, len(names))
 	var errs []error
 	for _, raw := range names {
-		name, err := normalizeName(raw)
+		name, err := normalizeIdentifier(raw)
 		if err != nil {
 			errs = append(errs, err)
 			continue

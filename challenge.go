@@ -136,6 +136,9 @@ func (m *Manager) httpAnswer(ctx context.Context, host, token string) (string, e
 // alpnCert returns the tls-alpn-01 certificate for name, from memory and
 // then from storage (see mayReadAnswer).
 func (m *Manager) alpnCert(ctx context.Context, name string) (*tls.Certificate, error) {
+	if ip, ok := reverseIP(name); ok {
+		name = ip // the validation of an IP address names it in reverse
+	}
 	m.chal.mu.RLock()
 	cert, ok := m.chal.alpn[name]
 	m.chal.mu.RUnlock()

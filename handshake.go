@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"time"
 )
 
@@ -34,7 +36,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	challenge := isChallengeHello(hello)
 	sni := hello.ServerName
 	if sni == "" {
-		sni = m.DefaultServerName
+		sni = m.noServerName(hello)
 	}
 	if !challenge && len(sni) <= maxNameLen {
 		// Only normalized names are cached: a name found in the cache
@@ -50,12 +52,32 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	}
 	name, err := normalizeName(sni)
 	if err != nil {
-		return nil, err
+		if sni == "" || !isIP(sni) || !m.isManaged(sni) {
+			return nil, err
+		}
+		name = sni // an IP address given to ManageSync
 	}
 	if challenge {
 		return m.alpnCert(helloContext(hello), name)
 	}
 	return m.getCertificateSlow(helloContext(hello), hello, name)
+}
+
+// noServerName is the name served to a client that sent none:
+// DefaultServerName, else the address the client dialed if it is an IP
+// address given to ManageSync, else none.
+func (m *Manager) noServerName(hello *tls.ClientHelloInfo) string {
+	if m.DefaultServerName != "" || hello.Conn == nil {
+		return m.DefaultServerName
+	}
+	if a, ok := hello.Conn.LocalAddr().(*net.TCPAddr); ok {
+		if addr, ok := netip.AddrFromSlice(a.IP); ok {
+			if ip := addr.Unmap().String(); m.isManaged(ip) {
+				return ip
+			}
+		}
+	}
+	return ""
 }
 
 // handshakeWait is the longest a handshake waits for storage or the CA.

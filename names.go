@@ -3,6 +3,7 @@ package acmetls
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -225,4 +226,60 @@ func isNormalLabel(label string) bool {
 		}
 	}
 	return !strings.HasPrefix(label, "xn--")
+}
+
+// normalizeIdentifier is normalizeName for names given to ManageSync,
+// which may also be IP addresses (RFC 8738): those come back in their
+// canonical text form, IPv4 as IPv4 even when written mapped to IPv6.
+func normalizeIdentifier(raw string) (string, error) {
+	if addr, err := netip.ParseAddr(strings.Trim(raw, "[]")); err == nil && addr.Zone() == "" {
+		return addr.Unmap().String(), nil
+	}
+	return normalizeName(raw)
+}
+
+// isIP reports whether name, normalized, is an IP address.
+func isIP(name string) bool {
+	_, err := netip.ParseAddr(name)
+	return err == nil
+}
+
+// reverseIP returns the address a reverse-DNS name (RFC 8738 section 6:
+// the server name of a tls-alpn-01 validation of an IP address) stands
+// for.
+func reverseIP(name string) (string, bool) {
+	switch {
+	case strings.HasSuffix(name, ".in-addr.arpa"):
+		labels := strings.Split(strings.TrimSuffix(name, ".in-addr.arpa"), ".")
+		if len(labels) != 4 {
+			return "", false
+		}
+		slices.Reverse(labels)
+		addr, err := netip.ParseAddr(strings.Join(labels, "."))
+		if err != nil || !addr.Is4() {
+			return "", false
+		}
+		return addr.String(), true
+	case strings.HasSuffix(name, ".ip6.arpa"):
+		nibbles := strings.Split(strings.TrimSuffix(name, ".ip6.arpa"), ".")
+		if len(nibbles) != 32 {
+			return "", false
+		}
+		var b strings.Builder
+		for i := 31; i >= 0; i-- {
+			if len(nibbles[i]) != 1 {
+				return "", false
+			}
+			b.WriteString(nibbles[i])
+			if i%4 == 0 && i > 0 {
+				b.WriteByte(':')
+			}
+		}
+		addr, err := netip.ParseAddr(b.String())
+		if err != nil || !addr.Is6() {
+			return "", false
+		}
+		return addr.String(), true
+	}
+	return "", false
 }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -394,9 +395,11 @@ func newCSR(key crypto.Signer, name string, withMustStaple bool) (*x509.Certific
 	if !withMustStaple {
 		return acmez.NewCSR(key, []string{name})
 	}
-	tmpl := &x509.CertificateRequest{
-		DNSNames:        []string{name},
-		ExtraExtensions: []pkix.Extension{{Id: oidTLSFeature, Value: mustStaple}},
+	tmpl := &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{{Id: oidTLSFeature, Value: mustStaple}}}
+	if ip := net.ParseIP(name); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{name}
 	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
