@@ -41,10 +41,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 
@@ -126,6 +128,12 @@ type Manager struct {
 	// port 443 does not.
 	DisableHTTPChallenge    bool
 	DisableTLSALPNChallenge bool
+	// DNS01 solves dns-01 challenges through a DNS host's API: any libdns
+	// provider, as CertMagic users configure it (set
+	// DNSManager.DNSProvider). Wildcard names need it; other names may be
+	// validated by it too. The TXT record is removed after every attempt,
+	// whether it succeeded, failed or was cancelled.
+	DNS01 *certmagic.DNS01Solver
 
 	// Storage holds accounts, certificates and shared challenge answers.
 	// Processes sharing a Storage share certificates and take turns to
@@ -295,7 +303,7 @@ func (m *Manager) setup() {
 		m.initErr = err
 		return
 	}
-	if m.DisableHTTPChallenge && m.DisableTLSALPNChallenge {
+	if m.DisableHTTPChallenge && m.DisableTLSALPNChallenge && m.DNS01 == nil {
 		m.initErr = errors.New("acmetls: both challenge types are disabled; the CA could validate nothing")
 		return
 	}
@@ -453,6 +461,9 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 	var errs []error
 	for _, raw := range names {
 		name, err := normalizeIdentifier(raw)
+		if err == nil && strings.HasPrefix(name, "*.") && m.DNS01 == nil {
+			err = fmt.Errorf("acmetls: %q: a wildcard is validated by dns-01 only; set Manager.DNS01", name)
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -229,11 +229,23 @@ func isNormalLabel(label string) bool {
 }
 
 // normalizeIdentifier is normalizeName for names given to ManageSync,
-// which may also be IP addresses (RFC 8738): those come back in their
-// canonical text form, IPv4 as IPv4 even when written mapped to IPv6.
+// which may also be IP addresses (RFC 8738), in their canonical text
+// form (IPv4 as IPv4 even when written mapped to IPv6), and wildcards
+// ("*.example.com", served for exactly one label below).
 func normalizeIdentifier(raw string) (string, error) {
 	if addr, err := netip.ParseAddr(strings.Trim(raw, "[]")); err == nil && addr.Zone() == "" {
 		return addr.Unmap().String(), nil
+	}
+	if parent, ok := strings.CutPrefix(raw, "*."); ok {
+		// A wildcard: one label below parent, which needs two labels.
+		name, err := normalizeName(parent)
+		if err != nil {
+			return "", err
+		}
+		if !strings.Contains(name, ".") {
+			return "", &NameError{Name: raw, Reason: "a wildcard needs a parent of two labels at least", size: len(raw)}
+		}
+		return "*." + name, nil
 	}
 	return normalizeName(raw)
 }

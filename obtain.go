@@ -379,6 +379,11 @@ func (m *Manager) solvers() map[string]acmez.Solver {
 	if !m.DisableTLSALPNChallenge {
 		s[acme.ChallengeTypeTLSALPN01] = solver{m}
 	}
+	if m.DNS01 != nil {
+		// Its CleanUp runs on a context of its own: a record is
+		// removed even after a cancellation.
+		s[acme.ChallengeTypeDNS01] = m.DNS01
+	}
 	return s
 }
 

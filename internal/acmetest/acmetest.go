@@ -7,6 +7,7 @@ package acmetest
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +29,7 @@ import (
 	"github.com/letsencrypt/pebble/v2/db"
 	"github.com/letsencrypt/pebble/v2/va"
 	"github.com/letsencrypt/pebble/v2/wfe"
+	"github.com/libdns/libdns"
 	"github.com/miekg/dns"
 )
 
@@ -45,6 +48,10 @@ type Options struct {
 	// Profiles are offered besides "default", by name, with the lifetime
 	// of their certificates.
 	Profiles map[string]time.Duration
+	// NoAuthzReuse makes every order need fresh validations, where
+	// Pebble otherwise reuses a valid authorization half the time, as
+	// Let's Encrypt does.
+	NoAuthzReuse bool
 	// EABKeys, when set, makes the CA require external account binding
 	// with one of these keys: key ID to base64url (unpadded) HMAC key.
 	EABKeys map[string]string
@@ -69,11 +76,12 @@ type CA struct {
 	// (/roots/0, /intermediate-keys/0, /set-renewal-info/, ...).
 	ManagementURL string
 
-	srv, mgmt *httptest.Server
-	dns       *dns.Server
-	opts      Options
-	dnsAddr   string
-	pebble    atomic.Pointer[pebble] // swapped by Reset
+	srv, mgmt   *httptest.Server
+	dns, dnsUDP *dns.Server
+	txt         txtRecords
+	opts        Options
+	dnsAddr     string
+	pebble      atomic.Pointer[pebble] // swapped by Reset
 
 	logger   *log.Logger
 	wfeMu    sync.Mutex // serializes the requests Pebble's frontend serves
@@ -98,6 +106,10 @@ type Finalization struct {
 
 var envOnce sync.Once
 
+// wfeEnvMu serializes the making of Pebble frontends, which read settings
+// from the environment.
+var wfeEnvMu sync.Mutex
+
 // New starts a CA. Close it when done.
 func New(opts Options) (*CA, error) {
 	envOnce.Do(func() {
@@ -111,11 +123,12 @@ func New(opts Options) (*CA, error) {
 	}
 	logger := log.New(logw, "pebble ", 0)
 
-	dnsSrv, dnsAddr, err := startDNS()
+	c := &CA{opts: opts}
+	dnsSrv, dnsUDP, dnsAddr, err := startDNS(&c.txt)
 	if err != nil {
 		return nil, err
 	}
-	c := &CA{dns: dnsSrv, opts: opts, dnsAddr: dnsAddr}
+	c.dns, c.dnsUDP, c.dnsAddr = dnsSrv, dnsUDP, dnsAddr
 	c.logger = logger
 	p, err := c.newPebble()
 	if err != nil {
@@ -184,7 +197,15 @@ func (c *CA) newPebble() (*pebble, error) {
 	}
 	p.ca = ca.New(c.logger, p.db, c.opts.OCSPResponderURL, "rsa", c.opts.AlternateRoots, 1, profiles)
 	v := va.New(c.logger, c.opts.HTTPPort, c.opts.TLSPort, false, c.dnsAddr, p.db)
+	// Pebble reads its reuse setting from the environment, once per
+	// frontend: set it for this one alone.
+	wfeEnvMu.Lock()
+	if c.opts.NoAuthzReuse {
+		os.Setenv("PEBBLE_AUTHZREUSE", "0")
+	}
 	w := wfe.New(c.logger, p.db, v, p.ca, []string{"pebble.letsencrypt.org"}, false, len(c.opts.EABKeys) > 0, 0, 0)
+	os.Unsetenv("PEBBLE_AUTHZREUSE")
+	wfeEnvMu.Unlock()
 	p.wfe, p.mgmt = w.Handler(), w.ManagementHandler()
 	return p, nil
 }
@@ -210,7 +231,12 @@ func (c *CA) Close() {
 		c.mgmt.Close()
 	}
 	_ = c.dns.Shutdown()
+	_ = c.dnsUDP.Shutdown()
 }
+
+// DNSAddr is the address of the DNS the CA's validation asks, TCP and
+// UDP: give it to a DNS-01 solver as its resolver.
+func (c *CA) DNSAddr() string { return c.dnsAddr }
 
 // HTTPClient returns a client that trusts the CA's HTTPS endpoints.
 func (c *CA) HTTPClient() *http.Client { return c.srv.Client() }
@@ -383,32 +409,140 @@ func parseFinalize(payload []byte) (Finalization, bool) {
 	return Finalization{Names: csr.DNSNames, KeyAlgorithm: csr.PublicKeyAlgorithm.String()}, true
 }
 
-// startDNS serves, over TCP as Pebble's VA asks, A 127.0.0.1 for every
-// name and nothing else.
-func startDNS() (*dns.Server, string, error) {
+// startDNS serves, over TCP as Pebble's VA asks and over UDP on the same
+// port as resolvers ask first: A 127.0.0.1 for every name; an SOA for
+// every name, so that every name is its own zone to a DNS-01 solver
+// looking for one; and the TXT records set through DNSProvider.
+func startDNS(txt *txtRecords) (*dns.Server, *dns.Server, string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, "", fmt.Errorf("acmetest: dns listener: %w", err)
+		return nil, nil, "", fmt.Errorf("acmetest: dns listener: %w", err)
+	}
+	pc, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return nil, nil, "", fmt.Errorf("acmetest: dns listener: %w", err)
 	}
 	mux := dns.NewServeMux()
 	mux.HandleFunc(".", func(w dns.ResponseWriter, req *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(req)
+		m.Authoritative = true
 		for _, q := range req.Question {
-			if q.Qtype == dns.TypeA {
-				m.Answer = append(m.Answer, &dns.A{
-					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 0},
-					A:   net.IPv4(127, 0, 0, 1),
-				})
+			hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 0}
+			switch q.Qtype {
+			case dns.TypeA:
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: net.IPv4(127, 0, 0, 1)})
+			case dns.TypeSOA:
+				m.Answer = append(m.Answer, &dns.SOA{Hdr: hdr, Ns: "ns.acmetest.", Mbox: "hostmaster.acmetest.", Serial: 1,
+					Refresh: 60, Retry: 60, Expire: 60, Minttl: 0})
+			case dns.TypeTXT:
+				for _, v := range txt.get(q.Name) {
+					m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr, Txt: []string{v}})
+				}
 			}
 		}
 		_ = w.WriteMsg(m)
 	})
-	started := make(chan struct{})
-	srv := &dns.Server{Listener: ln, Handler: mux, NotifyStartedFunc: func() { close(started) }}
-	go func() { _ = srv.ActivateAndServe() }()
+	started := make(chan struct{}, 2)
+	tcp := &dns.Server{Listener: ln, Handler: mux, NotifyStartedFunc: func() { started <- struct{}{} }}
+	udp := &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { started <- struct{}{} }}
+	go func() { _ = tcp.ActivateAndServe() }()
+	go func() { _ = udp.ActivateAndServe() }()
 	<-started
-	return srv, ln.Addr().String(), nil
+	<-started
+	return tcp, udp, ln.Addr().String(), nil
+}
+
+// txtRecords are the TXT records the DNS stub serves, by lower-case FQDN.
+type txtRecords struct {
+	mu     sync.Mutex // guards byName, writes and hidden
+	byName map[string][]string
+	writes int
+	hidden bool
+}
+
+func (t *txtRecords) get(fqdn string) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.hidden {
+		return nil
+	}
+	return slices.Clone(t.byName[strings.ToLower(dns.Fqdn(fqdn))])
+}
+
+// HideTXT makes the DNS answer no TXT records while hide holds, as a DNS
+// host that has not published them yet: dns-01 validations fail.
+func (c *CA) HideTXT(hide bool) {
+	c.txt.mu.Lock()
+	c.txt.hidden = hide
+	c.txt.mu.Unlock()
+}
+
+// StoredTXT returns every TXT record set through DNSProvider, hidden or
+// not, by name.
+func (c *CA) StoredTXT() map[string][]string {
+	c.txt.mu.Lock()
+	defer c.txt.mu.Unlock()
+	out := make(map[string][]string, len(c.txt.byName))
+	for k, v := range c.txt.byName {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// TXT returns the TXT records the CA's DNS serves for name.
+func (c *CA) TXT(name string) []string { return c.txt.get(name) }
+
+// DNSWrites counts the records added and deleted through DNSProvider.
+func (c *CA) DNSWrites() int {
+	c.txt.mu.Lock()
+	defer c.txt.mu.Unlock()
+	return c.txt.writes
+}
+
+// DNSProvider returns a libdns provider that sets TXT records in the
+// DNS the CA's validation asks, as a DNS host's API would.
+func (c *CA) DNSProvider() *DNSProvider { return &DNSProvider{txt: &c.txt} }
+
+// DNSProvider is a libdns provider writing to a CA's DNS stub.
+type DNSProvider struct{ txt *txtRecords }
+
+// AppendRecords adds TXT records.
+func (p *DNSProvider) AppendRecords(_ context.Context, zone string, recs []libdns.Record) ([]libdns.Record, error) {
+	t := p.txt
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byName == nil {
+		t.byName = make(map[string][]string)
+	}
+	for _, r := range recs {
+		rr := r.RR()
+		if rr.Type != "TXT" {
+			return nil, fmt.Errorf("acmetest: only TXT records, not %s", rr.Type)
+		}
+		name := strings.ToLower(libdns.AbsoluteName(rr.Name, zone))
+		t.byName[name] = append(t.byName[name], rr.Data)
+		t.writes++
+	}
+	return recs, nil
+}
+
+// DeleteRecords removes TXT records.
+func (p *DNSProvider) DeleteRecords(_ context.Context, zone string, recs []libdns.Record) ([]libdns.Record, error) {
+	t := p.txt
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, r := range recs {
+		rr := r.RR()
+		name := strings.ToLower(libdns.AbsoluteName(rr.Name, zone))
+		t.byName[name] = slices.DeleteFunc(t.byName[name], func(v string) bool { return v == rr.Data })
+		if len(t.byName[name]) == 0 {
+			delete(t.byName, name)
+		}
+		t.writes++
+	}
+	return recs, nil
 }
 
 type logfWriter func(format string, args ...any)
