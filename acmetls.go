@@ -134,6 +134,9 @@ type Manager struct {
 	// validated by it too. The TXT record is removed after every attempt,
 	// whether it succeeded, failed or was cancelled.
 	DNS01 *certmagic.DNS01Solver
+	// DNSPersist, if set, validates every name by dns-persist-01 alone:
+	// a record each customer sets once; see [DNSPersist].
+	DNSPersist *DNSPersist
 
 	// Storage holds accounts, certificates and shared challenge answers.
 	// Processes sharing a Storage share certificates and take turns to
@@ -303,7 +306,7 @@ func (m *Manager) setup() {
 		m.initErr = err
 		return
 	}
-	if m.DisableHTTPChallenge && m.DisableTLSALPNChallenge && m.DNS01 == nil {
+	if m.DisableHTTPChallenge && m.DisableTLSALPNChallenge && m.DNS01 == nil && m.DNSPersist == nil {
 		m.initErr = errors.New("acmetls: both challenge types are disabled; the CA could validate nothing")
 		return
 	}
@@ -461,8 +464,8 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 	var errs []error
 	for _, raw := range names {
 		name, err := normalizeIdentifier(raw)
-		if err == nil && strings.HasPrefix(name, "*.") && m.DNS01 == nil {
-			err = fmt.Errorf("acmetls: %q: a wildcard is validated by dns-01 only; set Manager.DNS01", name)
+		if err == nil && strings.HasPrefix(name, "*.") && m.DNS01 == nil && m.DNSPersist == nil {
+			err = fmt.Errorf("acmetls: %q: a wildcard is validated by dns-01 or dns-persist-01 only; set Manager.DNS01 or Manager.DNSPersist", name)
 		}
 		if err != nil {
 			errs = append(errs, err)

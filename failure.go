@@ -174,7 +174,8 @@ func (m *Manager) succeeded(ctx context.Context, name string, kt KeyType, st ren
 func (m *Manager) configID() string {
 	h := fnv.New64a()
 	for _, s := range []string{m.ca(), m.Email, strconv.FormatBool(!m.httpChallenge()),
-		strconv.FormatBool(m.DisableTLSALPNChallenge), strconv.FormatBool(m.MustStaple), m.Profile} {
+		strconv.FormatBool(m.DisableTLSALPNChallenge), strconv.FormatBool(m.MustStaple), m.Profile,
+		strconv.FormatBool(m.DNS01 != nil), strconv.FormatBool(m.DNSPersist != nil)} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
@@ -224,6 +225,9 @@ func scopeOf(err error) scope {
 	switch {
 	case errors.As(err, &se):
 		return scopeOutage
+	case errors.Is(err, ErrPersistRecord):
+		// The name's DNS, which its owner fixes: the name's backoff.
+		return scopeName
 	case errors.As(err, &p):
 		// The CA answered: about the name (validation, CAA, rate
 		// limits, ...), or about itself (5xx).

@@ -485,7 +485,7 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	if err := m.init(); err != nil {
 		return err
 	}
-	name, err := normalizeName(name)
+	name, err := normalizeIdentifier(name)
 	if err != nil {
 		return err
 	}

@@ -249,6 +249,11 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 	if err != nil {
 		return nil, nil, err
 	}
+	if m.DNSPersist != nil {
+		if err := m.checkPersist(ctx, name, account); err != nil {
+			return nil, nil, err
+		}
+	}
 	key, err := newCertKey(kt, account.PrivateKey)
 	if err != nil {
 		return nil, nil, err
@@ -372,6 +377,9 @@ func chainCommonNames(chainPEM []byte) []string {
 
 // solvers returns the enabled challenge solvers.
 func (m *Manager) solvers() map[string]acmez.Solver {
+	if m.DNSPersist != nil {
+		return map[string]acmez.Solver{acme.ChallengeTypeDNSPersist01: persistSolver{}}
+	}
 	s := make(map[string]acmez.Solver, 2)
 	if m.httpChallenge() {
 		s[acme.ChallengeTypeHTTP01] = solver{m}

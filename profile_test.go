@@ -3,6 +3,8 @@ package acmetls
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"strings"
@@ -82,5 +84,35 @@ func TestExternalAccountBinding(t *testing.T) {
 	}
 	if _, err := e.handshake("eab.example.com", nil); err != nil {
 		t.Error(err)
+	}
+}
+
+// Item 8 of the certificates issue: with two alternate chains offered,
+// PreferredChain picks the one under the named root, and a client that
+// trusts that root alone verifies what is served; one that trusts only
+// the default root does not.
+func TestPreferredAlternateChain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{AlternateRoots: 2})
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.PreferredChain = e.ca.RootCommonName(2)
+	})
+	const name = "alternate.example.com"
+	if err := m.ManageSync(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	dial := func(roots *x509.CertPool) error {
+		conn, err := tls.Dial("tcp", e.tlsAddr, &tls.Config{ServerName: name, RootCAs: roots})
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}
+	if err := dial(e.ca.Root(2)); err != nil {
+		t.Errorf("a client trusting the preferred root alone: %v", err)
+	}
+	if err := dial(e.ca.Root(0)); err == nil {
+		t.Error("a client trusting the default root alone verified the alternate chain")
 	}
 }

@@ -264,6 +264,13 @@ func (c *CA) Roots() *x509.CertPool {
 	return p
 }
 
+// Root returns a pool with root i alone (0 is the default chain's).
+func (c *CA) Root(i int) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c.pebble.Load().ca.GetRootCert(i).Cert)
+	return p
+}
+
 // IssuerPEM returns the PEM of the intermediate that issues the CA's
 // certificates (of the default chain), and IssuerKeyPEM its private key,
 // for an outside OCSP responder that signs as the issuer.
