@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +58,24 @@ type issueAnswer struct {
 	Error    string    `json:"error,omitempty"`
 }
 
+// challengeURL is where a frontend redirects the CA's http-01 request
+// for path: the validation server's plain HTTP, on URL's port if URL is
+// http://, else on port 80, where a validation server answers the CA.
+func (v *Validator) challengeURL(path string) string {
+	u, err := url.Parse(v.URL)
+	if err != nil || u.Host == "" {
+		return strings.TrimSuffix(v.URL, "/") + path
+	}
+	host := u.Host
+	if u.Scheme != "http" {
+		host = u.Hostname()
+		if strings.Contains(host, ":") {
+			host = "[" + host + "]"
+		}
+	}
+	return "http://" + host + path
+}
+
 func (v *Validator) client() *http.Client {
 	if v.HTTPClient != nil {
 		return v.HTTPClient
@@ -82,7 +101,9 @@ func (m *Manager) fromValidator(ctx context.Context, name string, kt KeyType) (*
 	req.Header.Set("Authorization", "Bearer "+v.Token)
 	resp, err := v.client().Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: asking the validation server for %q: %w", name, err)
+		err = fmt.Errorf("acmetls: asking the validation server for %q: %w", name, err)
+		m.logger().Named("validator").Warn("the validation server did not answer", zapName(name), zapErr(err))
+		return nil, err
 	}
 	defer resp.Body.Close()
 	var answer issueAnswer
@@ -101,6 +122,8 @@ func (m *Manager) fromValidator(ctx context.Context, name string, kt KeyType) (*
 		}
 		return nil, &backingOffError{next: next, msg: why}
 	default:
+		// 401 (the token), 5xx, 400: the fleet's setup, not the name.
+		m.logger().Named("validator").Error("the validation server refused an issuance request", zapName(name), zapString("status", resp.Status), zapString("error", answer.Error))
 		return nil, errors.New(why)
 	}
 	c, err := m.loadCert(ctx, name, kt)

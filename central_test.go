@@ -303,3 +303,54 @@ func TestFrontendStaplesFromStorage(t *testing.T) {
 		t.Errorf("the frontend asked the responder %d times; the responder was asked %d times in all", n, responder.Requests())
 	}
 }
+
+// A validation server started after certificates were obtained renews
+// them: it puts every stored certificate in its schedule, although no
+// handshake brings them to it; and a frontend asks no CA, even for a
+// certificate past its end.
+func TestValidationServerRenewsWhatWasStored(t *testing.T) {
+	e := newCentralEnv(t)
+	clock := newFakeClock(time.Now())
+	const name = "stored-before.example.com"
+	e.validation.KeyTypes = []KeyType{ECDSAP256}
+	e.fronts[0].KeyTypes = []KeyType{ECDSAP256}
+	if _, err := e.handshake(0, name); err != nil {
+		t.Fatal(err)
+	}
+	// A validation server restarted: a new Manager on the same storage.
+	restarted := &Manager{
+		CA: e.ca.DirectoryURL, Email: "admin@example.com", AgreeToTerms: true,
+		HTTPClient: e.ca.HTTPClient(), Storage: e.validation.Storage, KeyTypes: []KeyType{ECDSAP256},
+		IssuanceToken: fleetToken, clock: clock, Logger: zaptest.NewLogger(t),
+	}
+	var evs events
+	restarted.OnEvent = evs.add
+	runManager(t, restarted)
+	waitFor(t, "the stored certificate tracked", func() bool { return restarted.tracked(name, ECDSAP256) != nil })
+	clock.setFor(restarted, clock.Now().Add(80*24*time.Hour))
+	waitFor(t, "its renewal", func() bool { return len(evs.of(EventRenewed)) == 1 })
+
+	front := e.fronts[0]
+	front.clock = clock
+	if err := front.init(); err != nil {
+		t.Fatal(err)
+	}
+	tr := front.tracked(name, ECDSAP256)
+	if tr == nil || !tr.ari.NextPoll.Equal(never) {
+		t.Errorf("a frontend's certificate is queued to ask the CA for renewal information at %v", tr.ari.NextPoll)
+	}
+}
+
+func TestChallengeURL(t *testing.T) {
+	for url, want := range map[string]string{
+		"http://10.0.0.5:8080":             "http://10.0.0.5:8080/.well-known/acme-challenge/tok",
+		"http://validation.internal/":      "http://validation.internal/.well-known/acme-challenge/tok",
+		"https://validation.internal":      "http://validation.internal/.well-known/acme-challenge/tok",
+		"https://validation.internal:8443": "http://validation.internal/.well-known/acme-challenge/tok",
+		"https://[2001:db8::1]:8443":       "http://[2001:db8::1]/.well-known/acme-challenge/tok",
+	} {
+		if got := (&Validator{URL: url}).challengeURL("/.well-known/acme-challenge/tok"); got != want {
+			t.Errorf("%s: %s, want %s", url, got, want)
+		}
+	}
+}

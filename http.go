@@ -59,7 +59,7 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 		if strings.HasPrefix(r.URL.Path, httpChallengePath) {
 			if m.Validator != nil {
 				// The Guide's recipe: the validation server answers.
-				http.Redirect(w, r, strings.TrimSuffix(m.Validator.URL, "/")+r.URL.Path, http.StatusFound)
+				http.Redirect(w, r, m.Validator.challengeURL(r.URL.Path), http.StatusFound)
 				return
 			}
 			m.serveChallenge(w, r, host)

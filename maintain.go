@@ -128,7 +128,7 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 	// spread over that period. Not by a frontend: it never asks the CA.
 	t.ari.NextPoll = renew.Spread(t.String(), now, t.notAfter, renew.MaxPollInterval)
 	if m.Validator != nil {
-		t.ari.NextPoll = t.notAfter
+		t.ari.NextPoll = never
 	}
 	s := &m.sched
 	s.mu.Lock()
@@ -243,6 +243,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	} else {
 		wg.Go(func() { m.pollChanges(ctx) })
 	}
+	if m.IssuanceToken != "" {
+		wg.Go(func() { m.trackStored(ctx) })
+	}
 	slots := make(chan struct{}, m.renewConcurrency())
 	timer, stop := m.newTimer(0)
 	var flushAt time.Time // when to write again what storage refused
@@ -346,6 +349,9 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 
 // pollARI reads a certificate's renewal information and requeues it.
 func (m *Manager) pollARI(ctx context.Context, t *tracked) {
+	if m.Validator != nil {
+		return // a frontend never asks the CA; its NextPoll is never
+	}
 	ctx, note := withRetryAfterNote(ctx)
 	info, err := m.client.GetRenewalInfo(ctx, t.ariCert())
 	now := m.now()
@@ -578,4 +584,35 @@ func (m *Manager) unattended() {
 			}
 		}
 	}()
+}
+
+// never is a time no schedule reaches.
+var never = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// trackStored puts every certificate in storage into the schedule, for a
+// validation server: it renews the fleet's certificates, which reach it
+// through no handshake, and must know of those obtained before it
+// started. Names are read a few at a time.
+func (m *Manager) trackStored(ctx context.Context) {
+	keys, err := m.store.List(ctx, storage.CertsDir, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.logger().Named("renew").Error("listing stored certificates to renew them; retried at the next start", zapErr(err))
+		return
+	}
+	names := make([]string, 0, len(keys))
+	for _, k := range keys {
+		name := k[strings.LastIndexByte(k, '/')+1:]
+		if n, err := normalizeIdentifier(strings.Replace(name, "wildcard_.", "*.", 1)); err == nil {
+			names = append(names, n)
+		}
+	}
+	_ = m.forEach(names, 8, func(name string) error {
+		if ctx.Err() == nil && m.cache.get(name) == nil {
+			if _, err := m.loadStored(ctx, name); err != nil {
+				m.logger().Named("renew").Warn("loading a stored certificate to renew it", zapName(name), zapErr(err))
+			}
+		}
+		return nil
+	})
+	m.logger().Named("renew").Info("tracking the stored certificates", zap.Int("names", len(names)))
 }

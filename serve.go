@@ -100,8 +100,21 @@ func (m *Manager) Serve(ctx context.Context, httpLn, httpsLn net.Listener, handl
 	// Handshake errors of clients (refused names, scanners) are noise:
 	// logged at Debug.
 	errorLog, _ := zap.NewStdLogAt(m.logger().Named("http"), zap.DebugLevel)
+	httpsHandler := m.HTTPSHandler(handler)
+	if m.IssuanceToken != "" {
+		// Frontends may reach a validation server over HTTPS too, where
+		// the token does not travel in the clear.
+		issuance, app := m.IssuanceHandler(m.IssuanceToken), httpsHandler
+		httpsHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == IssuePath {
+				issuance.ServeHTTP(w, r)
+				return
+			}
+			app.ServeHTTP(w, r)
+		})
+	}
 	httpsSrv := &http.Server{
-		Handler:           m.HTTPSHandler(handler),
+		Handler:           httpsHandler,
 		TLSConfig:         m.TLSConfig(),
 		ReadHeaderTimeout: ServeHandshakeTimeout,
 		IdleTimeout:       ServeIdleTimeout,

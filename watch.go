@@ -49,8 +49,10 @@ func (m *Manager) changed(ctx context.Context, key string) {
 		return
 	}
 	m.names.add(name)
-	if m.cache.get(name) == nil {
-		return // read from storage on its first handshake
+	if m.cache.get(name) == nil && m.IssuanceToken == "" {
+		// Read from storage on its first handshake. A validation server
+		// reads it now: it renews what any of them obtained.
+		return
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -189,7 +189,7 @@ func TestFleetProcesses(t *testing.T) {
 	common := []string{"-storage", dsn, "-root", www, "-on-demand", allowed, "-log-level", "info", "-hsts", "0"}
 	f := newFleet(t)
 	validationArgs := append([]string{"-ca", ca.DirectoryURL, "-ca-root", caRoot, "-agree-tos", "-email", "ops@example.com",
-		"-fleet-token", token, "-http-addr", addr(ports[0]), "-https-addr", addr(ports[1])}, common...)
+		"-validation-server", "-fleet-token", token, "-http-addr", addr(ports[0]), "-https-addr", addr(ports[1])}, common...)
 	validation := f.start("validation server", validationArgs...)
 	var fronts []string
 	for i := range 3 {

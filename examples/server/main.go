@@ -59,6 +59,7 @@ type config struct {
 	hstsSubdomains, hstsPreload bool
 	noHTTPChallenge, noALPN     bool
 	validator, fleetToken       string
+	validationServer            bool
 	bodyTimeout                 time.Duration
 	defaultName                 string
 	logLevel                    zapcore.Level
@@ -91,8 +92,9 @@ func parse(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.defaultName, "default-name", "", "name whose certificate is served to clients that send no server name (SNI)")
 	fs.BoolVar(&c.noHTTPChallenge, "no-http-challenge", false, "do not use http-01 (port 80 does not reach this server)")
 	fs.BoolVar(&c.noALPN, "no-tls-alpn-challenge", false, "do not use tls-alpn-01 (port 443 does not reach this server directly)")
-	fs.StringVar(&c.validator, "validator", "", "frontend mode: the URL of the fleet's validation server (e.g. http://10.0.0.5), which alone talks to the CA; this server never does, and reads certificates from the shared -storage")
-	fs.StringVar(&c.fleetToken, "fleet-token", os.Getenv("ACMETLS_FLEET_TOKEN"), "the fleet's shared secret (default $ACMETLS_FLEET_TOKEN, which keeps it out of ps): with -validator, sent with issuance requests; without, makes this server the validation server, answering frontends' requests on its plain HTTP address")
+	fs.StringVar(&c.validator, "validator", "", "frontend mode: the URL of the fleet's validation server (e.g. https://validation.internal), which alone talks to the CA; this server never does, and reads certificates from the shared -storage. The CA's http-01 requests are redirected to this URL's host on port 80")
+	fs.BoolVar(&c.validationServer, "validation-server", false, "be the fleet's validation server: hold the account, order and renew for the fleet, and answer frontends' issuance requests at /.well-known/acmetls/issue on both addresses (prefer https:// for -validator: the token then does not travel in the clear)")
+	fs.StringVar(&c.fleetToken, "fleet-token", os.Getenv("ACMETLS_FLEET_TOKEN"), "the fleet's shared secret, for -validator or -validation-server (default $ACMETLS_FLEET_TOKEN, which keeps it out of ps)")
 	fs.TextVar(&c.logLevel, "log-level", c.logLevel, "least level logged: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "usage: server [flags] name ...\n\n"+
@@ -117,12 +119,12 @@ func parse(args []string, out io.Writer) (*config, error) {
 		return nil, errors.New("no names: give names as arguments, or allow some with -on-demand or -ask")
 	case c.root != "" && c.upstream != "":
 		return nil, errors.New("-root and -upstream: give one")
-	case c.root == "" && c.upstream == "":
+	case c.root == "" && c.upstream == "" && !c.validationServer:
 		return nil, errors.New("nothing to serve: give -root or -upstream")
-	case c.validator != "" && c.fleetToken == "":
-		return nil, errors.New("-validator needs the fleet's token: -fleet-token or $ACMETLS_FLEET_TOKEN")
-	case c.fleetToken != "" && c.validator == "" && c.httpAddr == "":
-		return nil, errors.New("a validation server answers frontends on its plain HTTP address: give -http-addr")
+	case c.validator != "" && c.validationServer:
+		return nil, errors.New("-validator and -validation-server: a server is a frontend or the validation server, not both")
+	case (c.validator != "" || c.validationServer) && c.fleetToken == "":
+		return nil, errors.New("-validator and -validation-server need the fleet's token: -fleet-token or $ACMETLS_FLEET_TOKEN")
 	}
 	return c, nil
 }
@@ -169,7 +171,7 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 	switch {
 	case c.validator != "":
 		m.Validator = &acmetls.Validator{URL: c.validator, Token: c.fleetToken}
-	case c.fleetToken != "":
+	case c.validationServer:
 		m.IssuanceToken = c.fleetToken
 	}
 	if c.caRoot != "" {
@@ -228,8 +230,10 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 		}}
 		rp.ErrorLog, _ = zap.NewStdLogAt(logger.Named("upstream"), zap.WarnLevel)
 		handler = rp
-	} else {
+	} else if c.root != "" {
 		handler = http.FileServer(http.Dir(c.root))
+	} else {
+		handler = http.NotFoundHandler() // a validation server serving nothing else
 	}
 
 	if c.bodyTimeout > 0 {

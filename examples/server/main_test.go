@@ -197,7 +197,7 @@ func TestServerFlags(t *testing.T) {
 	}
 	for _, flag := range []string{"-ca", "-email", "-agree-tos", "-ca-root", "-storage", "-on-demand", "-ask",
 		"-http-addr", "-https-addr", "-https-port", "-root", "-upstream", "-hsts", "-hsts-subdomains", "-hsts-preload",
-		"-no-http-challenge", "-no-tls-alpn-challenge", "-log-level", "-body-timeout", "-default-name", "-validator", "-fleet-token", "staging", "postgres://"} {
+		"-no-http-challenge", "-no-tls-alpn-challenge", "-log-level", "-body-timeout", "-default-name", "-validator", "-fleet-token", "-validation-server", "staging", "postgres://"} {
 		if !strings.Contains(out.String(), flag) {
 			t.Errorf("-h does not mention %s", flag)
 		}
@@ -212,6 +212,8 @@ func TestServerFlags(t *testing.T) {
 		{[]string{"-upstream", "nope", "a.example.com"}, "-upstream"},
 		{[]string{"-root", ".", "-ask", "ftp://x", "a.example.com"}, "-ask"},
 		{[]string{"-root", ".", "-ca-root", "/nonexistent", "a.example.com"}, "-ca-root"},
+		{[]string{"-root", ".", "-validator", "http://v", "-validation-server", "-fleet-token", "t", "a.example.com"}, "not both"},
+		{[]string{"-root", ".", "-validation-server", "-fleet-token", "", "a.example.com"}, "token"},
 	} {
 		err := run(context.Background(), tc.args, &out, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
