@@ -268,6 +268,14 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 			chains, err = m.order(ctx, account, csr, replaces)
 		}
 	}
+	if replaces != nil && isReplacesRefused(err) {
+		// The certificate was ordered by another account (replaced
+		// after the CA forgot the old one, another CA, an operator's
+		// change), or is replaced already: renew without naming it.
+		m.logger().Named("renew").Info("the CA refused to let this order replace the certificate; ordering without replaces",
+			zapName(name), zapKeyType(kt), zapErr(err))
+		chains, err = m.order(ctx, account, csr, nil)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w%s", name, err, m.validationHint(err))
 	}
@@ -312,12 +320,18 @@ func (m *Manager) validationHint(err error) string {
 	default:
 		return ""
 	}
+	if isReplacesRefused(err) || m.DNSPersist != nil {
+		return "" // not a validation, or one whose own error says what to fix
+	}
 	var ports []string
 	if m.httpChallenge() {
 		ports = append(ports, "port 80 (http-01, Manager.HTTPHandler)")
 	}
 	if !m.DisableTLSALPNChallenge {
 		ports = append(ports, "port 443 (tls-alpn-01, Manager.TLSConfig)")
+	}
+	if len(ports) == 0 {
+		return " (the CA could not validate: check the DNS records the dns-01 solver sets)"
 	}
 	return " (the CA could not validate: check that the name's DNS points here and that " +
 		strings.Join(ports, " or ") + " reaches this process, listening before certificates are asked for)"
@@ -452,4 +466,16 @@ func (m *Manager) checkProfile(ctx context.Context) error {
 		return fmt.Errorf("%w %q: %s offers no profiles", ErrUnknownProfile, m.Profile, m.ca())
 	}
 	return fmt.Errorf("%w %q: %s offers %s", ErrUnknownProfile, m.Profile, m.ca(), strings.Join(offered, ", "))
+}
+
+// isReplacesRefused reports whether the CA refused an order's "replaces"
+// (RFC 9773): the certificate is replaced already, or another account
+// ordered it.
+func isReplacesRefused(err error) bool {
+	var p acme.Problem
+	if !errors.As(err, &p) {
+		return false
+	}
+	return p.Type == "urn:ietf:params:acme:error:alreadyReplaced" ||
+		p.Type == acme.ProblemTypeUnauthorized && strings.Contains(strings.ToLower(p.Detail), "replace")
 }
