@@ -210,10 +210,11 @@ type Manager struct {
 	handshakeTimeout time.Duration
 	ocspHTTP         *http.Client
 	sched            schedule
-	servedPort       atomic.Int32 // the port of Serve's HTTPS listener
-	noPort80         atomic.Bool  // Serve was given no port-80 listener: no http-01
-	httpDecisions    tokenBucket  // OnDemand.Decision calls for plain HTTP requests
-	tickets          ticketKeys   // session-ticket keys from storage
+	servedPort       atomic.Int32  // the port of Serve's HTTPS listener
+	noPort80         atomic.Bool   // Serve was given no port-80 listener: no http-01
+	httpDecisions    tokenBucket   // OnDemand.Decision calls for plain HTTP requests
+	tickets          ticketKeys    // session-ticket keys from storage
+	reloads          chan struct{} // reads of what other processes stored, in flight
 
 	// Maintenance without Run: see unattended.
 	running         atomic.Int32 // Runs running
@@ -318,6 +319,7 @@ func (m *Manager) setup() {
 	m.sched.wake = make(chan struct{}, 1)
 	m.httpDecisions = tokenBucket{burst: httpDecisionsBurst, perSecond: httpDecisionsPerSecond}
 	m.chal.reads = tokenBucket{burst: answerReadsBurst, perSecond: answerReadsPerSecond}
+	m.reloads = make(chan struct{}, 8)
 	m.sched.due = new(atomic.Bool)
 	m.sched.clock = m.clock
 	if m.sched.clock == nil {

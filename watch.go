@@ -54,7 +54,15 @@ func (m *Manager) changed(ctx context.Context, key string) {
 		// reads it now: it renews what any of them obtained.
 		return
 	}
+	// A few reads at once: a burst of notices (a mass renewal) waits
+	// here, holding up the notices behind it, not the database.
+	select {
+	case m.reloads <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
 	go func() {
+		defer func() { <-m.reloads }()
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		c, rec, err := m.readStored(ctx, name, kt)
