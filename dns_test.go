@@ -78,6 +78,15 @@ func TestWildcardByDNS01(t *testing.T) {
 	if left := e.ca.StoredTXT(); len(left) != 0 {
 		t.Errorf("after a success, TXT records left: %v", left)
 	}
+	// Another process on the storage, told nothing, serves the stored
+	// wildcard, for one label below only.
+	e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} })
+	if cs, err := e.handshake("b.wild.example.com", nil); err != nil || cs.PeerCertificates[0].DNSNames[0] != "*.wild.example.com" {
+		t.Errorf("a process told nothing, for b.wild.example.com: %v", err)
+	}
+	if _, err := e.handshake("b.c.wild.example.com", nil); err == nil {
+		t.Error("a process told nothing served b.c.wild.example.com")
+	}
 
 	// A validation that fails: the DNS host has not published the record.
 	e.ca.HideTXT(true)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -192,8 +193,27 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 	return c, nil
 }
 
-// loadStored reads every key type of name from storage into the cache.
+// loadStored reads every key type of name from storage into the cache;
+// if storage holds none for name, the wildcard of its parent, if it holds
+// that (one another process obtained, or this one before a restart).
 func (m *Manager) loadStored(ctx context.Context, name string) (*certPair, error) {
+	p, err := m.loadStoredExact(ctx, name)
+	if p != nil || err != nil || strings.HasPrefix(name, "*.") || isIP(name) {
+		return p, err
+	}
+	_, parent, ok := splitFirstLabel(name)
+	if !ok || !strings.Contains(parent, ".") {
+		return nil, nil
+	}
+	if maybe, known := m.names.mayHold(name); known && !maybe {
+		return nil, nil // the listing says no wildcard is stored either
+	}
+	return m.loadStoredExact(ctx, "*."+parent)
+}
+
+// loadStoredExact reads every key type of name from storage into the
+// cache.
+func (m *Manager) loadStoredExact(ctx context.Context, name string) (*certPair, error) {
 	var p *certPair
 	for _, kt := range m.keyTypes() {
 		c, err := m.loadCert(ctx, name, kt)
