@@ -246,9 +246,11 @@ type Manager struct {
 	breaker          breaker      // failures that are no name's
 	config           string       // configID, fixed at setup
 
-	mu      sync.RWMutex        // guards managed and account
-	managed map[string]struct{} // names given to ManageSync
-	account *acme.Account
+	mu        sync.RWMutex        // guards managed, groups, primaries and account
+	managed   map[string]struct{} // names given to ManageSync or ManageGroup
+	groups    map[string][]string // ManageGroup's groups, by first name
+	primaries map[string]string   // the first name of each grouped name
+	account   *acme.Account
 
 	storedAccountOnce sync.Once
 }
@@ -531,6 +533,10 @@ func (m *Manager) certFor(ctx context.Context, name string, kt KeyType) (*tls.Ce
 		if c := p.get(kt); c != nil {
 			return c, nil
 		}
+	}
+	if primary := m.primaryOf(name); primary != "" && primary != name {
+		// A grouped name: its certificate is its group's.
+		return m.certFor(ctx, primary, kt)
 	}
 	return m.obtains.Do(ctx, name+"/"+string(kt), func(ctx context.Context) (*tls.Certificate, error) {
 		return m.loadOrObtain(ctx, name, kt)

@@ -74,6 +74,9 @@ type tracked struct {
 	due                 time.Time // when the renewal should start
 	stapleNext          time.Time // when to refresh the OCSP staple; zero: none
 	stapleUntil         time.Time // when the staple served must go; zero: none served
+	// names are the names the certificate holds, when it holds several
+	// (ManageGroup); nil otherwise.
+	names []string
 	// earliest is, for a certificate this process just obtained, the
 	// earliest it is due by the local clock (Unix seconds; zero: none),
 	// an hour at most after it came: a clock far ahead of the CA's must
@@ -88,11 +91,15 @@ func (t *tracked) String() string { return t.name + "/" + string(t.keyType()) }
 // ariCert is the least of a certificate acmez needs to ask for its
 // renewal information or to name it in "replaces".
 func (t *tracked) ariCert() *x509.Certificate {
-	return &x509.Certificate{
+	c := &x509.Certificate{
 		AuthorityKeyId: []byte(t.aki),
 		SerialNumber:   new(big.Int).SetBytes([]byte(t.serial)),
 		DNSNames:       []string{t.name},
 	}
+	if len(t.names) > 1 {
+		c.DNSNames = t.names // a group renews as a group
+	}
+	return c
 }
 
 func (m *Manager) renewConcurrency() int {
@@ -112,6 +119,9 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
 		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
 		stapleNext: st.next, stapleUntil: st.until,
+	}
+	if len(leaf.DNSNames)+len(leaf.IPAddresses) > 1 {
+		t.names = certNames(leaf)
 	}
 	if fresh {
 		life := leaf.NotAfter.Sub(leaf.NotBefore)

@@ -199,6 +199,7 @@ func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls
 	}
 	st, revoked, later := m.staple(ctx, name, kt, c, cc)
 	m.cache.put(name, kt, cc)
+	m.cacheGroup(name, kt, c.Leaf, cc)
 	t := m.track(name, kt, c.Leaf, ri, st, fresh)
 	if revoked != nil {
 		go m.revoked(context.WithoutCancel(ctx), t, revoked)
@@ -258,7 +259,8 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 	if err != nil {
 		return nil, nil, err
 	}
-	csr, err := newCSR(key, name, m.MustStaple)
+	names := m.namesFor(name, replaces)
+	csr, err := newCSR(key, names, m.MustStaple)
 	if err != nil {
 		return nil, nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
 	}
@@ -293,7 +295,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 	}
 	m.interned.chain(c.Certificate)
 	rec := &storage.CertRecord{
-		Names:    []string{name},
+		Names:    names,
 		KeyType:  string(kt),
 		KeyPEM:   keyPEM,
 		ChainPEM: string(chain.ChainPEM),
@@ -418,15 +420,17 @@ var (
 
 // newCSR makes the certificate request for name, asking for Must-Staple if
 // told to.
-func newCSR(key crypto.Signer, name string, withMustStaple bool) (*x509.CertificateRequest, error) {
+func newCSR(key crypto.Signer, names []string, withMustStaple bool) (*x509.CertificateRequest, error) {
 	if !withMustStaple {
-		return acmez.NewCSR(key, []string{name})
+		return acmez.NewCSR(key, names)
 	}
 	tmpl := &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{{Id: oidTLSFeature, Value: mustStaple}}}
-	if ip := net.ParseIP(name); ip != nil {
-		tmpl.IPAddresses = []net.IP{ip}
-	} else {
-		tmpl.DNSNames = []string{name}
+	for _, name := range names {
+		if ip := net.ParseIP(name); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, name)
+		}
 	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {

@@ -200,7 +200,7 @@ func TestMustStaple(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []bool{false, true} {
-		csr, err := newCSR(key, "must.example.com", want)
+		csr, err := newCSR(key, []string{"must.example.com"}, want)
 		if err != nil {
 			t.Fatal(err)
 		}
