@@ -194,8 +194,9 @@ func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHello
 }
 
 // loadStored reads every key type of name from storage into the cache;
-// if storage holds none for name, the wildcard of its parent, if it holds
-// that (one another process obtained, or this one before a restart).
+// if storage holds none for name, the wildcard of its parent, if the
+// listing of stored names says it holds that (one another process
+// obtained, or this one before a restart).
 func (m *Manager) loadStored(ctx context.Context, name string) (*certPair, error) {
 	p, err := m.loadStoredExact(ctx, name)
 	if p != nil || err != nil || strings.HasPrefix(name, "*.") || isIP(name) {
@@ -205,8 +206,10 @@ func (m *Manager) loadStored(ctx context.Context, name string) (*certPair, error
 	if !ok || !strings.Contains(parent, ".") {
 		return nil, nil
 	}
-	if maybe, known := m.names.mayHold(name); known && !maybe {
-		return nil, nil // the listing says no wildcard is stored either
+	if maybe, known := m.names.mayHold(name); !known || !maybe {
+		// The listing says no wildcard is stored either, or is not
+		// taken yet: one read per unknown name until it is.
+		return nil, nil
 	}
 	return m.loadStoredExact(ctx, "*."+parent)
 }

@@ -133,6 +133,9 @@ func waitListening(t *testing.T, addr string) {
 // ordering are served.
 func TestFleetProcesses(t *testing.T) {
 	dsn := pgtest.DB(t)
+	// Built before the ports are picked: a port free a moment ago may be
+	// taken by another test while the binary builds.
+	f := newFleet(t)
 	ports := make([]int, 8) // validation http, https; frontends' http, https
 	for i := range ports {
 		ports[i] = freePort(t)
@@ -187,7 +190,6 @@ func TestFleetProcesses(t *testing.T) {
 	}
 	const token = "fleet-secret"
 	common := []string{"-storage", dsn, "-root", www, "-on-demand", allowed, "-log-level", "info", "-hsts", "0"}
-	f := newFleet(t)
 	validationArgs := append([]string{"-ca", ca.DirectoryURL, "-ca-root", caRoot, "-agree-tos", "-email", "ops@example.com",
 		"-validation-server", "-fleet-token", token, "-http-addr", addr(ports[0]), "-https-addr", addr(ports[1])}, common...)
 	validation := f.start("validation server", validationArgs...)
@@ -200,6 +202,9 @@ func TestFleetProcesses(t *testing.T) {
 	}
 	for _, a := range append([]string{addr(ports[0])}, fronts...) {
 		waitListening(t, a)
+	}
+	for _, p := range f.ps {
+		waitServing(t, p)
 	}
 
 	dial := func(front, name string, timeout time.Duration) (*tls.ConnectionState, error) {
@@ -291,5 +296,19 @@ func TestFleetProcesses(t *testing.T) {
 		if strings.Contains(p.out.String(), "unusable") {
 			t.Errorf("%s read an unusable record:\n%s", p.name, p.out.String())
 		}
+	}
+}
+
+// waitServing waits for p's log line saying it serves, so that an address
+// another test took meanwhile fails here, by name, not as a stranger's
+// certificate later.
+func waitServing(t *testing.T, p *process) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.out.String(), `"msg":"serving"`) {
+		if time.Now().After(deadline) || strings.Contains(p.out.String(), "address already in use") {
+			t.Fatalf("%s is not serving:\n%s", p.name, p.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
