@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,6 +97,9 @@ func (m *Manager) wrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]b
 	if k == nil {
 		k = &keys[len(keys)-1]
 	}
+	// The server name the session was for: RFC 6066 forbids resuming
+	// it for another (a ticket is no credential across a fleet's sites).
+	ss.Extra = append(ss.Extra, append([]byte(ticketNamePrefix), cs.ServerName...))
 	plain, err := ss.Bytes()
 	if err != nil {
 		return nil, err
@@ -121,7 +125,7 @@ func (m *Manager) unwrapSession(ticket []byte, cs tls.ConnectionState) (*tls.Ses
 			return nil, nil
 		}
 		ss, err := tls.ParseSessionState(plain)
-		if err != nil {
+		if err != nil || !sameServerName(ss, cs.ServerName) {
 			return nil, nil
 		}
 		return ss, nil
@@ -237,4 +241,18 @@ func wellFormed(keys []ticketKey) bool {
 		}
 	}
 	return true
+}
+
+// ticketNamePrefix marks the session state's Extra entry holding the
+// server name the session was for.
+const ticketNamePrefix = "acmetls/sni\x00"
+
+// sameServerName reports whether ss was for name.
+func sameServerName(ss *tls.SessionState, name string) bool {
+	for _, e := range ss.Extra {
+		if rest, ok := strings.CutPrefix(string(e), ticketNamePrefix); ok {
+			return rest == name
+		}
+	}
+	return false
 }

@@ -188,3 +188,44 @@ func (failingStore) Load(context.Context, string) ([]byte, error) { return nil, 
 func (failingStore) Store(context.Context, string, []byte) error  { return errFailing }
 
 var errFailing = io.ErrUnexpectedEOF
+
+// anyNameCache offers its one session whatever server name the client
+// dials, as a client that ignored RFC 6066 would.
+type anyNameCache struct{ cs *tls.ClientSessionState }
+
+func (c *anyNameCache) Get(string) (*tls.ClientSessionState, bool) { return c.cs, c.cs != nil }
+func (c *anyNameCache) Put(_ string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.cs = cs
+	}
+}
+
+// A session resumes only for the server name it was for (RFC 6066),
+// whichever process the client reaches.
+func TestSessionTicketsKeepTheirServerName(t *testing.T) {
+	a := cachedManager(t, 10, "tickets.example.com", "other.example.com")
+	refreshTickets(t, a)
+	addr := ticketServer(t, a)
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		cache := &anyNameCache{}
+		get := func(name string) bool {
+			tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: name, InsecureSkipVerify: true,
+				ClientSessionCache: cache, MaxVersion: v}, DisableKeepAlives: true}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr}).Get("https://" + addr + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.TLS.DidResume
+		}
+		get("tickets.example.com")
+		if !get("tickets.example.com") {
+			t.Errorf("%s: no resumption for the same name", tls.VersionName(v))
+		}
+		if get("other.example.com") {
+			t.Errorf("%s: a session for tickets.example.com resumed for other.example.com", tls.VersionName(v))
+		}
+	}
+}
