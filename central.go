@@ -9,11 +9,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/acmetls/acmetls/storage"
 )
 
 // Validator makes a Manager a frontend of a fleet whose certificates a
@@ -258,4 +263,32 @@ func (m *Manager) hasKeyType(kt KeyType) bool {
 		}
 	}
 	return false
+}
+
+// trackStored puts every certificate in storage into the schedule, for a
+// validation server: it renews the fleet's certificates, which reach it
+// through no handshake, and must know of those obtained before it
+// started. Names are read a few at a time.
+func (m *Manager) trackStored(ctx context.Context) {
+	keys, err := m.store.List(ctx, storage.CertsDir, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.logger().Named("renew").Error("listing stored certificates to renew them; retried at the next start", zapErr(err))
+		return
+	}
+	names := make([]string, 0, len(keys))
+	for _, k := range keys {
+		name := k[strings.LastIndexByte(k, '/')+1:]
+		if n, err := normalizeIdentifier(strings.Replace(name, "wildcard_.", "*.", 1)); err == nil {
+			names = append(names, n)
+		}
+	}
+	_ = m.forEach(names, 8, func(name string) error {
+		if ctx.Err() == nil && m.cache.get(name) == nil {
+			if _, err := m.loadStored(ctx, name); err != nil {
+				m.logger().Named("renew").Warn("loading a stored certificate to renew it", zapName(name), zapErr(err))
+			}
+		}
+		return nil
+	})
+	m.logger().Named("renew").Info("tracking the stored certificates", zap.Int("names", len(names)))
 }
