@@ -215,6 +215,8 @@ type Manager struct {
 	httpDecisions    tokenBucket   // OnDemand.Decision calls for plain HTTP requests
 	tickets          ticketKeys    // session-ticket keys from storage
 	reloads          chan struct{} // reads of what other processes stored, in flight
+	issuanceOnce     sync.Once
+	issuanceHandler  http.Handler // IssuanceToken's, shared by Serve's servers
 
 	// Maintenance without Run: see unattended.
 	running         atomic.Int32 // Runs running

@@ -255,6 +255,13 @@ func (m *Manager) IssuanceHandler(token string) http.Handler {
 	})
 }
 
+// issuance is the IssuanceHandler of IssuanceToken, one per Manager, so
+// that its bounds hold across the servers that route to it.
+func (m *Manager) issuance() http.Handler {
+	m.issuanceOnce.Do(func() { m.issuanceHandler = m.IssuanceHandler(m.IssuanceToken) })
+	return m.issuanceHandler
+}
+
 // hasKeyType reports whether kt is one of the Manager's key types.
 func (m *Manager) hasKeyType(kt KeyType) bool {
 	for _, k := range m.keyTypes() {

@@ -70,7 +70,7 @@ func (m *Manager) ManageGroup(ctx context.Context, names ...string) error {
 // certificate it renews, if it held several, else name's group, else
 // name alone.
 func (m *Manager) namesFor(name string, replaces *x509.Certificate) []string {
-	if replaces != nil && len(replaces.DNSNames)+len(replaces.IPAddresses) > 1 {
+	if replaces != nil && severalNames(replaces) {
 		return certNames(replaces)
 	}
 	m.mu.RLock()
@@ -88,6 +88,9 @@ func (m *Manager) primaryOf(name string) string {
 	return m.primaries[name]
 }
 
+// severalNames reports whether c holds more than one name.
+func severalNames(c *x509.Certificate) bool { return len(c.DNSNames)+len(c.IPAddresses) > 1 }
+
 // certNames lists the names a certificate holds.
 func certNames(c *x509.Certificate) []string {
 	names := append([]string(nil), c.DNSNames...)
@@ -100,7 +103,7 @@ func certNames(c *x509.Certificate) []string {
 // cacheGroup puts cc, the certificate of name, in the cache under the
 // other names it holds as well, if it holds several.
 func (m *Manager) cacheGroup(name string, kt KeyType, leaf *x509.Certificate, cc *tls.Certificate) {
-	if len(leaf.DNSNames)+len(leaf.IPAddresses) < 2 {
+	if !severalNames(leaf) {
 		return
 	}
 	for _, n := range certNames(leaf) {

@@ -41,7 +41,7 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 	}
 	var issuance http.Handler
 	if m.IssuanceToken != "" {
-		issuance = m.IssuanceHandler(m.IssuanceToken)
+		issuance = m.issuance()
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := m.init(); err != nil {

@@ -120,7 +120,7 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
 		stapleNext: st.next, stapleUntil: st.until,
 	}
-	if len(leaf.DNSNames)+len(leaf.IPAddresses) > 1 {
+	if severalNames(leaf) {
 		t.names = certNames(leaf)
 	}
 	if fresh {

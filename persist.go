@@ -64,17 +64,23 @@ func (m *Manager) PersistRecord(ctx context.Context, name string) (recordName, v
 	if err != nil {
 		return "", "", err
 	}
+	recordName, value = m.DNSPersist.record(name, account)
+	return recordName, value, nil
+}
+
+// record returns the TXT record name needs for account: its name and
+// value.
+func (p *DNSPersist) record(name string, account *acme.Account) (recordName, value string) {
 	base, wildcard := strings.CutPrefix(name, "*.")
-	value = acme.Challenge{}.DNSPersist01TXTRecordValue(*account, m.DNSPersist.IssuerDomain, wildcard)
-	return "_validation-persist." + base, value, nil
+	return "_validation-persist." + base, acme.Challenge{}.DNSPersist01TXTRecordValue(*account, p.IssuerDomain, wildcard)
 }
 
 // checkPersist reads name's dns-persist-01 record and says what is wrong
 // with it, if anything, before an order is placed.
 func (m *Manager) checkPersist(ctx context.Context, name string, account *acme.Account) error {
 	p := m.DNSPersist
-	base, wildcard := strings.CutPrefix(name, "*.")
-	record := "_validation-persist." + base
+	wildcard := strings.HasPrefix(name, "*.")
+	record, want := p.record(name, account)
 	txts, err := p.lookupTXT(ctx, record)
 	if err != nil {
 		return fmt.Errorf("%w for %q: reading %s: %v", ErrPersistRecord, name, record, err)
@@ -120,7 +126,7 @@ func (m *Manager) checkPersist(ctx context.Context, name string, account *acme.A
 		why = append(why, fmt.Sprintf("no TXT record for issuer %q", p.IssuerDomain))
 	}
 	return fmt.Errorf("%w for %q at %s: %s; the record to set: %s TXT %q", ErrPersistRecord, name, record,
-		strings.Join(why, "; "), record, acme.Challenge{}.DNSPersist01TXTRecordValue(*account, p.IssuerDomain, wildcard))
+		strings.Join(why, "; "), record, want)
 }
 
 func (p *DNSPersist) expiryWarning() time.Duration {

@@ -104,7 +104,7 @@ func (m *Manager) Serve(ctx context.Context, httpLn, httpsLn net.Listener, handl
 	if m.IssuanceToken != "" {
 		// Frontends may reach a validation server over HTTPS too, where
 		// the token does not travel in the clear.
-		issuance, app := m.IssuanceHandler(m.IssuanceToken), httpsHandler
+		issuance, app := m.issuance(), httpsHandler
 		httpsHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == IssuePath {
 				issuance.ServeHTTP(w, r)
@@ -135,16 +135,16 @@ func (m *Manager) Serve(ctx context.Context, httpLn, httpsLn net.Listener, handl
 
 	var servers sync.WaitGroup
 	errc := make(chan error, 2)
-	serve := func(srv *http.Server, serve func() error) {
+	serve := func(serve func() error) {
 		servers.Go(func() {
 			if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		})
 	}
-	serve(httpsSrv, func() error { return httpsSrv.ServeTLS(httpsLn, "", "") })
+	serve(func() error { return httpsSrv.ServeTLS(httpsLn, "", "") })
 	if httpSrv != nil {
-		serve(httpSrv, func() error { return httpSrv.Serve(httpLn) })
+		serve(func() error { return httpSrv.Serve(httpLn) })
 	}
 
 	// The listeners are open: the CA's validations queue in their

@@ -170,7 +170,7 @@ func (m *Manager) refreshTicketKeys(ctx context.Context) error {
 		return err
 	}
 	now := m.now()
-	if len(keys) == 0 || now.Sub(keys[0].From) >= ticketRotation-ticketLead {
+	if rotationDue(keys, now) {
 		if err := m.store.Lock(ctx, storage.TicketKeysLockName); err != nil {
 			return fmt.Errorf("taking lock %s: %w", storage.TicketKeysLockName, err)
 		}
@@ -178,7 +178,7 @@ func (m *Manager) refreshTicketKeys(ctx context.Context) error {
 		if keys, err = m.loadTicketKeys(ctx, true); err != nil {
 			return err
 		}
-		if len(keys) == 0 || now.Sub(keys[0].From) >= ticketRotation-ticketLead {
+		if rotationDue(keys, now) {
 			from := now.Add(ticketLead)
 			if len(keys) == 0 {
 				from = now // the first key: nothing to wait for
@@ -209,6 +209,12 @@ func (m *Manager) refreshTicketKeys(ctx context.Context) error {
 	}
 	m.tickets.keys.Store(&aeads)
 	return nil
+}
+
+// rotationDue reports whether a new key is to be added: none is stored,
+// or the newest is near ticketRotation old.
+func rotationDue(keys []ticketKey, now time.Time) bool {
+	return len(keys) == 0 || now.Sub(keys[0].From) >= ticketRotation-ticketLead
 }
 
 // loadTicketKeys reads the stored keys, newest first; none if there is no
