@@ -21,34 +21,34 @@ import (
 // [Manager.AgreeToTerms] is false. The error names the terms' URL.
 var ErrTermsNotAgreed = errors.New("acmetls: the CA's terms of service must be agreed to (set Manager.AgreeToTerms)")
 
-// getAccount returns the ACME account for the Manager's CA and email: from
-// memory, else from storage, else registered with the CA once for every
-// process sharing the storage.
-func (m *Manager) getAccount(ctx context.Context) (*acme.Account, error) {
-	m.mu.RLock()
-	a := m.account
-	m.mu.RUnlock()
+// getAccount returns the ACME account at the CA of is for the Manager's
+// email: from memory, else from storage, else registered with the CA once
+// for every process sharing the storage.
+func (m *Manager) getAccount(ctx context.Context, is *issuer) (*acme.Account, error) {
+	is.mu.RLock()
+	a := is.account
+	is.mu.RUnlock()
 	if a != nil {
 		return a, nil
 	}
-	a, err := m.accounts.Do(ctx, "account", func(ctx context.Context) (*acme.Account, error) {
-		return m.loadOrCreateAccount(ctx)
+	a, err := m.accounts.Do(ctx, "account "+is.url, func(ctx context.Context) (*acme.Account, error) {
+		return m.loadOrCreateAccount(ctx, is)
 	})
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	m.account = a
-	m.mu.Unlock()
+	is.mu.Lock()
+	is.account = a
+	is.mu.Unlock()
 	return a, nil
 }
 
-func (m *Manager) loadOrCreateAccount(ctx context.Context) (*acme.Account, error) {
-	key := storage.AccountKey(m.ca(), m.Email)
+func (m *Manager) loadOrCreateAccount(ctx context.Context, is *issuer) (*acme.Account, error) {
+	key := storage.AccountKey(is.url, m.Email)
 	if a, err := m.loadAccount(ctx, key); err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return a, err
 	}
-	lock := storage.AccountLockName(m.ca(), m.Email)
+	lock := storage.AccountLockName(is.url, m.Email)
 	if err := m.store.Lock(ctx, lock); err != nil {
 		return nil, fmt.Errorf("acmetls: locking account: %w", err)
 	}
@@ -57,7 +57,7 @@ func (m *Manager) loadOrCreateAccount(ctx context.Context) (*acme.Account, error
 	if a, err := m.loadAccount(ctx, key); err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return a, err
 	}
-	return m.createAccount(ctx, key)
+	return m.createAccount(ctx, is, key)
 }
 
 // loadAccount reads an account record. A missing one is fs.ErrNotExist.
@@ -90,10 +90,10 @@ func (m *Manager) loadAccount(ctx context.Context, key string) (*acme.Account, e
 // binding and none, or an unusable one, is configured.
 var ErrExternalAccount = errors.New("acmetls: external account binding")
 
-func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account, error) {
-	dir, err := m.client.GetDirectory(ctx)
+func (m *Manager) createAccount(ctx context.Context, is *issuer, key string) (*acme.Account, error) {
+	dir, err := is.client.GetDirectory(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: reading the CA's directory %s: %w", m.ca(), err)
+		return nil, fmt.Errorf("acmetls: reading the CA's directory %s: %w", is.url, err)
 	}
 	var terms string
 	if dir.Meta != nil {
@@ -110,24 +110,24 @@ func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account,
 	if m.Email != "" {
 		a.Contact = []string{"mailto:" + m.Email}
 	}
-	switch eab := m.ExternalAccount; {
+	switch eab := is.eab; {
 	case eab != nil:
-		if err := a.SetExternalAccountBinding(ctx, m.client, acme.EAB{KeyID: eab.KeyID, MACKey: eab.MACKey}); err != nil {
+		if err := a.SetExternalAccountBinding(ctx, is.client, acme.EAB{KeyID: eab.KeyID, MACKey: eab.MACKey}); err != nil {
 			return nil, fmt.Errorf("%w: binding the account to key ID %q: %v", ErrExternalAccount, eab.KeyID, err)
 		}
 	case dir.Meta != nil && dir.Meta.ExternalAccountRequired:
-		return nil, fmt.Errorf("%w: %s requires it; set Manager.ExternalAccount to the key ID and HMAC key the CA gave", ErrExternalAccount, m.ca())
+		return nil, fmt.Errorf("%w: %s requires it; set the CA's ExternalAccount (Manager.ExternalAccount or FallbackCA.ExternalAccount) to the key ID and HMAC key it gave", ErrExternalAccount, is.url)
 	}
-	a, err = m.client.NewAccount(ctx, a)
+	a, err = is.client.NewAccount(ctx, a)
 	if err != nil {
-		return nil, fmt.Errorf("acmetls: registering account with %s: %w", m.ca(), err)
+		return nil, fmt.Errorf("acmetls: registering account with %s: %w", is.url, err)
 	}
 	keyPEM, err := encodeKey(priv)
 	if err != nil {
 		return nil, err
 	}
 	rec := storage.AccountRecord{
-		CA:             m.ca(),
+		CA:             is.url,
 		Contact:        a.Contact,
 		Location:       a.Location,
 		KeyPEM:         keyPEM,
@@ -142,10 +142,10 @@ func (m *Manager) createAccount(ctx context.Context, key string) (*acme.Account,
 		// The CA knows it now: use it from memory rather than register
 		// another one per attempt.
 		m.logger().Named("account").Error("storing the new ACME account; using it from memory",
-			zap.String("ca", m.ca()), zap.String("account", a.Location), zapErr(err))
+			zap.String("ca", is.url), zap.String("account", a.Location), zapErr(err))
 	}
 	m.logger().Named("account").Info("registered ACME account",
-		zap.String("ca", m.ca()), zap.String("account", a.Location))
+		zap.String("ca", is.url), zap.String("account", a.Location))
 	return &a, nil
 }
 
@@ -166,10 +166,10 @@ func isAccountGone(err error) bool {
 // sharing the storage: under the account lock, the stored account is read
 // again, and used if another process already replaced it. The event
 // (EventAccountReplaced) names the name whose order found out.
-func (m *Manager) recoverAccount(ctx context.Context, name string, gone *acme.Account, cause error) (*acme.Account, error) {
+func (m *Manager) recoverAccount(ctx context.Context, is *issuer, name string, gone *acme.Account, cause error) (*acme.Account, error) {
 	a, err := m.accounts.Do(ctx, "recover "+gone.Location, func(ctx context.Context) (*acme.Account, error) {
-		key := storage.AccountKey(m.ca(), m.Email)
-		lock := storage.AccountLockName(m.ca(), m.Email)
+		key := storage.AccountKey(is.url, m.Email)
+		lock := storage.AccountLockName(is.url, m.Email)
 		if err := m.store.Lock(ctx, lock); err != nil {
 			return nil, fmt.Errorf("acmetls: locking account: %w", err)
 		}
@@ -177,7 +177,7 @@ func (m *Manager) recoverAccount(ctx context.Context, name string, gone *acme.Ac
 		if a, err := m.loadAccount(ctx, key); err == nil && a.Location != gone.Location {
 			return a, nil // another process registered it already
 		}
-		a, err := m.createAccount(ctx, key)
+		a, err := m.createAccount(ctx, is, key)
 		if err == nil {
 			m.emit(Event{Kind: EventAccountReplaced, ServerName: name, Err: cause})
 		}
@@ -186,10 +186,10 @@ func (m *Manager) recoverAccount(ctx context.Context, name string, gone *acme.Ac
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: registering a new account after %v: %w", cause, err)
 	}
-	m.mu.Lock()
-	if m.account == nil || m.account.Location == gone.Location {
-		m.account = a
+	is.mu.Lock()
+	if is.account == nil || is.account.Location == gone.Location {
+		is.account = a
 	}
-	m.mu.Unlock()
+	is.mu.Unlock()
 	return a, nil
 }

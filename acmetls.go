@@ -105,6 +105,16 @@ type Manager struct {
 	// default chain.
 	PreferredChain string
 
+	// FallbackCAs are CAs ordered from, in turn, when CA fails: each
+	// with an account of its own. An attempt goes to the next CA when
+	// one fails in a way another CA may not (down, 5xx, rate limits,
+	// CAA, a refused order), not after a failed validation. A CA that
+	// fails for every name is skipped for a while (a minute, growing to
+	// ten), then asked first again, renewals included. The certificate's
+	// record names the CA that issued it, which is asked for its renewal
+	// information. The name's backoff counts attempts, not CAs.
+	FallbackCAs []FallbackCA
+
 	// Profile is the ACME profile ordered (RFC draft "ACME profiles"; at
 	// Let's Encrypt "classic", "tlsserver" or "shortlived", whose 6-day
 	// certificates are renewed at half their lifetime). It must be one
@@ -230,10 +240,10 @@ type Manager struct {
 	initErr  error
 	cache    *cache
 	store    storage.Storage
-	client   *acme.Client
+	issuers  []*issuer                        // CA, then FallbackCAs
 	loads    inflight.Group[*certPair]        // by name
 	obtains  inflight.Group[*tls.Certificate] // by name and key type
-	accounts inflight.Group[*acme.Account]    // by CA and email
+	accounts inflight.Group[*acme.Account]    // by CA
 	chal     challenges
 	orders   chan struct{} // one token per order in flight
 	// backgroundOrders holds one token per order in flight that no
@@ -248,11 +258,10 @@ type Manager struct {
 	breaker          breaker      // failures that are no name's
 	config           string       // configID, fixed at setup
 
-	mu        sync.RWMutex        // guards managed, groups, primaries and account
+	mu        sync.RWMutex        // guards managed, groups and primaries
 	managed   map[string]struct{} // names given to ManageSync or ManageGroup
 	groups    map[string][]string // ManageGroup's groups, by first name
 	primaries map[string]string   // the first name of each grouped name
-	account   *acme.Account
 
 	storedAccountOnce sync.Once
 }
@@ -319,11 +328,8 @@ func (m *Manager) setup() {
 	if m.store == nil {
 		m.store = storage.Dir(defaultStorageDir())
 	}
-	m.client = &acme.Client{
-		Directory:  m.ca(),
-		HTTPClient: m.httpClient(),
-		UserAgent:  "acmetls",
-		Logger:     slogFromZap(m.logger().Named("acme")),
+	if err := m.setupIssuers(); err != nil {
+		m.initErr = err
 	}
 }
 
@@ -384,26 +390,6 @@ func defaultStorageDir() string {
 		return filepath.Join(home, ".local", "share", "acmetls")
 	}
 	return filepath.Join(os.TempDir(), "acmetls")
-}
-
-// httpClient returns the client for the CA: HTTPClient, or one with
-// timeouts trusting RootCAs, its transport wrapped to note Retry-After.
-func (m *Manager) httpClient() *http.Client {
-	var c http.Client
-	if m.HTTPClient != nil {
-		c = *m.HTTPClient
-	} else {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.TLSClientConfig = &tls.Config{RootCAs: m.RootCAs, MinVersion: tls.VersionTLS12}
-		t.ResponseHeaderTimeout = 30 * time.Second
-		c = http.Client{Transport: t, Timeout: 2 * time.Minute}
-	}
-	base := c.Transport
-	if base == nil {
-		base = http.DefaultTransport
-	}
-	c.Transport = retryAfterTransport{base: base}
-	return &c
 }
 
 // TLSConfig returns a configuration for a TLS listener: certificates from
@@ -536,27 +522,28 @@ func (m *Manager) isManaged(name string) bool {
 	return ok
 }
 
-// accountKey returns the account's private key if storage holds the
-// account, or nil. Storage is asked once per Manager.
+// accountKey returns the private key of the first CA's account if storage
+// holds the account, or nil. Storage is asked once per Manager.
 func (m *Manager) accountKey(ctx context.Context) crypto.Signer {
 	if m.Validator != nil {
 		return nil // a frontend holds no account, and reads none
 	}
+	is := m.issuers[0]
 	m.storedAccountOnce.Do(func() {
-		a, err := m.loadAccount(ctx, storage.AccountKey(m.ca(), m.Email))
+		a, err := m.loadAccount(ctx, storage.AccountKey(is.url, m.Email))
 		if err != nil {
 			return
 		}
-		m.mu.Lock()
-		if m.account == nil {
-			m.account = a
+		is.mu.Lock()
+		if is.account == nil {
+			is.account = a
 		}
-		m.mu.Unlock()
+		is.mu.Unlock()
 	})
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if m.account == nil {
+	is.mu.RLock()
+	defer is.mu.RUnlock()
+	if is.account == nil {
 		return nil
 	}
-	return m.account.PrivateKey
+	return is.account.PrivateKey
 }

@@ -145,7 +145,7 @@ func (m *Manager) pickUp(ctx context.Context, t *tracked) error {
 	kt := t.keyType()
 	c, rec, err := m.readStored(ctx, t.name, kt)
 	if err == nil && c != nil && string(c.Leaf.SerialNumber.Bytes()) != t.serial {
-		_, err = m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo, true)
+		_, err = m.cacheCert(ctx, t.name, kt, c, rec, true)
 		if err == nil {
 			m.emit(Event{Kind: EventRenewed, ServerName: t.name, KeyType: kt, NotAfter: c.Leaf.NotAfter})
 			return nil

@@ -26,7 +26,10 @@ type env struct {
 	ca      *acmetest.CA
 	storage storage.Storage
 	tlsAddr string
-	front   atomic.Pointer[Manager]
+	// httpPort and tlsPort are where the CA validates: another CA
+	// validating this env's names is started on them.
+	httpPort, tlsPort int
+	front             atomic.Pointer[Manager]
 }
 
 func newEnv(t *testing.T, opts acmetest.Options) *env {
@@ -47,10 +50,11 @@ func newEnv(t *testing.T, opts acmetest.Options) *env {
 	}
 	t.Cleanup(ca.Close)
 	e := &env{
-		t:       t,
-		ca:      ca,
-		storage: &certmagic.FileStorage{Path: t.TempDir()},
-		tlsAddr: tlsLn.Addr().String(),
+		t:        t,
+		ca:       ca,
+		storage:  &certmagic.FileStorage{Path: t.TempDir()},
+		tlsAddr:  tlsLn.Addr().String(),
+		httpPort: opts.HTTPPort, tlsPort: opts.TLSPort,
 	}
 	quiet := log.New(io.Discard, "", 0)
 	httpSrv := &http.Server{
@@ -97,7 +101,7 @@ func (e *env) manager(fns ...func(*Manager)) *Manager {
 }
 
 // handshake connects to the TLS listener as a client configured by cfg
-// (ServerName and RootCAs are filled in) and returns the connection state.
+// (ServerName is filled in, and RootCAs, if nil, with the CA's roots) and returns the connection state.
 func (e *env) handshake(name string, cfg *tls.Config) (tls.ConnectionState, error) {
 	return e.handshakeWithin(name, cfg, 10*time.Second)
 }
@@ -110,7 +114,9 @@ func (e *env) handshakeWithin(name string, cfg *tls.Config, timeout time.Duratio
 		cfg = cfg.Clone()
 	}
 	cfg.ServerName = name
-	cfg.RootCAs = e.ca.Roots()
+	if cfg.RootCAs == nil {
+		cfg.RootCAs = e.ca.Roots()
+	}
 	d := &tls.Dialer{Config: cfg, NetDialer: &net.Dialer{Timeout: timeout}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

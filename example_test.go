@@ -183,3 +183,27 @@ func ExampleManager_dualCertificates() {
 	// TLS 1.3 ECDSA
 	// TLS 1.2 RSA
 }
+
+// A site that stays deployable whatever the state of Let's Encrypt: when
+// it is down or refuses an order, the certificate comes from the next
+// CA, with an account of its own; renewals go back to Let's Encrypt once
+// it answers again.
+func ExampleFallbackCA() {
+	m := &acmetls.Manager{
+		Email:        "ops@example.com",
+		AgreeToTerms: true,
+		Storage:      storage.Dir("/var/lib/acmetls"),
+		FallbackCAs: []acmetls.FallbackCA{{
+			URL: "https://acme.example.net/directory",
+			ExternalAccount: &acmetls.ExternalAccount{
+				KeyID:  os.Getenv("FALLBACK_EAB_KID"),
+				MACKey: os.Getenv("FALLBACK_EAB_HMAC"),
+			},
+		}},
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := m.ListenAndServe(ctx, http.NotFoundHandler(), "example.com"); err != nil {
+		log.Fatal(err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,7 +93,7 @@ func (m *Manager) forgetFailing(name string) {
 // an attempt may start now, or the error that says why not: the breaker
 // (a failure that is no name's), or the name's backoff.
 func (m *Manager) mayAttempt(ctx context.Context, name string, kt KeyType) (renew.State, error) {
-	if err := m.tripped(); err != nil {
+	if err := m.breaker.open(m.now()); err != nil {
 		return renew.State{}, err
 	}
 	st, err := m.loadState(ctx, name, kt)
@@ -136,7 +137,7 @@ func (m *Manager) loadState(ctx context.Context, name string, kt KeyType) (renew
 func (m *Manager) failed(ctx context.Context, kind EventKind, name string, kt KeyType, st renew.State, err error, retryAfter, notAfter time.Time) time.Time {
 	now := m.now()
 	if scope := scopeOf(err); scope != scopeName {
-		until := m.trip(err, scope, now, retryAfter)
+		until := m.breaker.trip(err, scope, now, retryAfter)
 		m.emit(Event{Kind: kind, ServerName: name, KeyType: kt, NotAfter: notAfter, NextAttempt: until, Err: err})
 		return until
 	}
@@ -173,7 +174,11 @@ func (m *Manager) succeeded(ctx context.Context, name string, kt KeyType, st ren
 // back an attempt under the new ones. setup keeps it in m.config.
 func (m *Manager) configID() string {
 	h := fnv.New64a()
-	for _, s := range []string{m.ca(), m.Email, strconv.FormatBool(!m.httpChallenge()),
+	cas := make([]string, 0, len(m.FallbackCAs))
+	for _, f := range m.FallbackCAs {
+		cas = append(cas, f.URL)
+	}
+	for _, s := range []string{m.ca(), strings.Join(cas, " "), m.Email, strconv.FormatBool(!m.httpChallenge()),
 		strconv.FormatBool(m.DisableTLSALPNChallenge), strconv.FormatBool(m.MustStaple), m.Profile,
 		strconv.FormatBool(m.DNS01 != nil), strconv.FormatBool(m.DNSPersist != nil)} {
 		h.Write([]byte(s))
@@ -265,8 +270,7 @@ type breaker struct {
 // trip opens the breaker after err, of scope, at now; it returns until
 // when. Failures met while it is open (attempts that started before it
 // opened) do not lengthen the wait.
-func (m *Manager) trip(err error, sc scope, now, retryAfter time.Time) time.Time {
-	b := &m.breaker
+func (b *breaker) trip(err error, sc scope, now, retryAfter time.Time) time.Time {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil && now.Before(b.until) {
@@ -284,12 +288,11 @@ func (m *Manager) trip(err error, sc scope, now, retryAfter time.Time) time.Time
 	return b.until
 }
 
-// tripped returns the error that holds attempts back, if any.
-func (m *Manager) tripped() error {
-	b := &m.breaker
+// open returns the error that holds attempts back at now, if any.
+func (b *breaker) open(now time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.err == nil || !m.now().Before(b.until) {
+	if b.err == nil || !now.Before(b.until) {
 		return nil
 	}
 	return &backingOffError{next: b.until, msg: fmt.Sprintf("acmetls: every name waits until %s after: %v",

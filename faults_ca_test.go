@@ -49,13 +49,13 @@ func TestCAForgetsTheAccount(t *testing.T) {
 	afterReset := len(evs.of(EventAccountReplaced))
 
 	// An operator deactivates the account.
-	account, err := m.getAccount(ctx)
+	account, err := m.getAccount(ctx, m.issuers[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	deactivate := *account // a copy: the Manager's stays as it knows it
 	deactivate.Status = acme.StatusDeactivated
-	if _, err := m.client.UpdateAccount(ctx, deactivate); err != nil {
+	if _, err := m.issuers[0].client.UpdateAccount(ctx, deactivate); err != nil {
 		t.Fatalf("deactivating the account: %v", err)
 	}
 	if err := m.ManageSync(ctx, "third.example.com"); err != nil {
@@ -273,9 +273,9 @@ func TestRunLeavesNothingWithAHangingCA(t *testing.T) {
 	e, ca := newHangingEnv(t, acmetest.Options{}, false)
 	var evs events
 	m, _ := dueManager(t, e, "leak.example.com", &evs)
-	closes := &closeCounter{RoundTripper: m.client.HTTPClient.Transport.(retryAfterTransport).base}
-	m.client.HTTPClient.Transport = retryAfterTransport{base: closes}
-	m.client.HTTPClient.CloseIdleConnections()
+	closes := &closeCounter{RoundTripper: m.issuers[0].client.HTTPClient.Transport.(retryAfterTransport).base}
+	m.issuers[0].client.HTTPClient.Transport = retryAfterTransport{base: closes}
+	m.issuers[0].client.HTTPClient.CloseIdleConnections()
 	ca.on.Store(true)
 	ignore := goleak.IgnoreCurrent()
 	ctx, cancel := context.WithCancel(context.Background())

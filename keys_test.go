@@ -83,7 +83,7 @@ func TestAccountKeyRefusedAsCertificateKey(t *testing.T) {
 	if err := m.ManageSync(ctx, "first.example.com"); err != nil {
 		t.Fatal(err)
 	}
-	acct, err := m.getAccount(ctx)
+	acct, err := m.getAccount(ctx, m.issuers[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,6 +74,10 @@ type tracked struct {
 	due                 time.Time // when the renewal should start
 	stapleNext          time.Time // when to refresh the OCSP staple; zero: none
 	stapleUntil         time.Time // when the staple served must go; zero: none served
+	// issuer is the index of the CA that issued it in Manager.issuers,
+	// asked for its renewal information and named in "replaces"; -1 for
+	// a CA no longer configured, which is never asked.
+	issuer int8
 	// names are the names the certificate holds, when it holds several
 	// (ManageGroup); nil otherwise.
 	names []string
@@ -110,15 +114,17 @@ func (m *Manager) renewConcurrency() int {
 }
 
 // track puts a certificate just cached into the schedule, replacing the
-// name's previous certificate of the same type. ri is the renewal
-// information stored with it, if any; st says when its staple is due.
-func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json.RawMessage, st stapling, fresh bool) *tracked {
+// name's previous certificate of the same type. rec is its record, with
+// the CA that issued it and its stored renewal information; st says when
+// its staple is due.
+func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, rec *storage.CertRecord, st stapling, fresh bool) *tracked {
 	now := m.now()
 	t := &tracked{
 		trackKey:  trackKey{name: name, kt: indexOf(kt)},
 		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
 		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
 		stapleNext: st.next, stapleUntil: st.until,
+		issuer: m.issuerOf(rec.CA),
 	}
 	if severalNames(leaf) {
 		t.names = certNames(leaf)
@@ -131,13 +137,13 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, ri json
 				zapName(name), zapKeyType(kt), zap.Time("not_before", leaf.NotBefore), zap.Time("now", now))
 		}
 	}
-	if w, explanation, ok := storedWindow(ri); ok {
+	if w, explanation, ok := storedWindow(rec.RenewalInfo); ok {
 		t.ari = t.ari.Update(w, explanation, time.Time{}, now, rand.Float64())
 	}
 	// Renewal information is read at least twice a day; a first read is
 	// spread over that period. Not by a frontend: it never asks the CA.
 	t.ari.NextPoll = renew.Spread(t.String(), now, t.notAfter, renew.MaxPollInterval)
-	if m.Validator != nil {
+	if m.Validator != nil || t.issuer < 0 {
 		t.ari.NextPoll = never
 	}
 	s := &m.sched
@@ -245,7 +251,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.running.Add(1)
 	defer m.running.Add(-1)
-	defer m.client.HTTPClient.CloseIdleConnections()
+	defer m.closeIdleConnections()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if w, ok := m.store.(storage.Watcher); ok {
@@ -359,11 +365,11 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 
 // pollARI reads a certificate's renewal information and requeues it.
 func (m *Manager) pollARI(ctx context.Context, t *tracked) {
-	if m.Validator != nil {
-		return // a frontend never asks the CA; its NextPoll is never
+	if m.Validator != nil || t.issuer < 0 {
+		return // a frontend never asks the CA, nor anyone a CA no longer configured; its NextPoll is never
 	}
 	ctx, note := withRetryAfterNote(ctx)
-	info, err := m.client.GetRenewalInfo(ctx, t.ariCert())
+	info, err := m.issuers[t.issuer].client.GetRenewalInfo(ctx, t.ariCert())
 	now := m.now()
 	s := &m.sched
 	s.mu.Lock()
@@ -455,12 +461,12 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 	if c, rec, err := m.readCert(ctx, t.name, kt); err == nil && c != nil && string(c.Leaf.SerialNumber.Bytes()) != t.serial {
 		// Just obtained, by a sibling: the same floor on its next
 		// renewal as for one this process obtained.
-		if _, err := m.cacheCert(ctx, t.name, kt, c, rec.RenewalInfo, true); err == nil {
+		if _, err := m.cacheCert(ctx, t.name, kt, c, rec, true); err == nil {
 			return nil
 		}
 	}
 	ctx, note := withRetryAfterNote(ctx)
-	c, rec, err := m.obtain(ctx, t.name, kt, t.ariCert())
+	c, rec, err := m.obtain(ctx, t.name, kt, t)
 	if err != nil {
 		if isShutdown(parent) {
 			m.requeue(t, m.now())
@@ -507,6 +513,9 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	}
 	m.forgetFailing(name)
 	m.breaker.reset()
+	for _, is := range m.issuers {
+		is.down.reset()
+	}
 	var errs []error
 	for _, kt := range m.keyTypes() {
 		st, err := m.loadState(ctx, name, kt)

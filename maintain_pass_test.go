@@ -39,7 +39,7 @@ func trackedManager(tb testing.TB, n int, now time.Time) (*Manager, *countingSto
 			m.track(fmt.Sprintf("site%d.example.com", i), kt, &x509.Certificate{
 				NotBefore: now, NotAfter: now.Add(90 * 24 * time.Hour),
 				AuthorityKeyId: aki, SerialNumber: big.NewInt(int64(i + 1)),
-			}, nil, stapling{}, false)
+			}, &storage.CertRecord{}, stapling{}, false)
 		}
 	}
 	return m, st

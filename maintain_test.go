@@ -360,7 +360,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	if err := m.ManageSync(context.Background(), "leak.example.com"); err != nil {
 		t.Fatal(err)
 	}
-	m.client.HTTPClient.CloseIdleConnections()
+	m.issuers[0].client.HTTPClient.CloseIdleConnections()
 	ignore := goleak.IgnoreCurrent()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

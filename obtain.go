@@ -120,7 +120,7 @@ func (m *Manager) install(ctx context.Context, l *heldLock, name string, kt KeyT
 		if err := l.retake(ctx); err != nil {
 			m.unsaved.set(key, unsavedWrite{value: b, name: name, kt: kt}, true)
 			m.names.add(name)
-			return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo, true)
+			return m.cacheCert(ctx, name, kt, c, rec, true)
 		}
 		stored, srec, err := m.readStored(ctx, name, kt)
 		if err == nil && stored != nil && m.now().Before(stored.Leaf.NotAfter) &&
@@ -129,7 +129,7 @@ func (m *Manager) install(ctx context.Context, l *heldLock, name string, kt KeyT
 				zap.String("serial", stored.Leaf.SerialNumber.Text(16)),
 				zap.String("discarded_serial", c.Leaf.SerialNumber.Text(16)))
 			m.names.add(name)
-			return m.cacheCert(ctx, name, kt, stored, srec.RenewalInfo, true)
+			return m.cacheCert(ctx, name, kt, stored, srec, true)
 		}
 	}
 	if err := m.write(ctx, key, b, name, kt); err != nil {
@@ -137,7 +137,7 @@ func (m *Manager) install(ctx context.Context, l *heldLock, name string, kt KeyT
 			zapName(name), zapKeyType(kt), zapErr(err))
 	}
 	m.names.add(name)
-	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo, true)
+	return m.cacheCert(ctx, name, kt, c, rec, true)
 }
 
 // loadCert reads, checks, caches and tracks the stored certificate of name
@@ -154,7 +154,7 @@ func (m *Manager) loadCert(ctx context.Context, name string, kt KeyType) (*tls.C
 			zapName(name), zapKeyType(kt), zap.Time("not_after", c.Leaf.NotAfter))
 		return nil, nil
 	}
-	return m.cacheCert(ctx, name, kt, c, rec.RenewalInfo, false)
+	return m.cacheCert(ctx, name, kt, c, rec, false)
 }
 
 // readCert reads and checks the certificate of name for kt, with its leaf
@@ -189,10 +189,10 @@ func (m *Manager) decodeCert(ctx context.Context, key string, b []byte, err erro
 	return c, rec, nil
 }
 
-// cacheCert puts c, from keyPair, in the cache in its compact form, with
+// cacheCert puts c, from keyPair and stored as rec, in the cache in its compact form, with
 // its OCSP staple if it has a responder, and in the renewal schedule, and
 // returns the compact form. fresh says this process just obtained it.
-func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls.Certificate, ri json.RawMessage, fresh bool) (*tls.Certificate, error) {
+func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls.Certificate, rec *storage.CertRecord, fresh bool) (*tls.Certificate, error) {
 	cc, err := compact(c)
 	if err != nil {
 		return nil, fmt.Errorf("acmetls: certificate for %q: %w", name, err)
@@ -200,7 +200,7 @@ func (m *Manager) cacheCert(ctx context.Context, name string, kt KeyType, c *tls
 	st, revoked, later := m.staple(ctx, name, kt, c, cc)
 	m.cache.put(name, kt, cc)
 	m.cacheGroup(name, kt, c.Leaf, cc)
-	t := m.track(name, kt, c.Leaf, ri, st, fresh)
+	t := m.track(name, kt, c.Leaf, rec, st, fresh)
 	if revoked != nil {
 		go m.revoked(context.WithoutCancel(ctx), t, revoked)
 	}
@@ -239,14 +239,12 @@ func (m *Manager) certFromRecord(ctx context.Context, b []byte, name string, kt 
 	return c, rec, nil
 }
 
-// obtain orders a certificate for name with a new key of type kt;
-// replaces, if not nil, is the certificate it renews (RFC 9773's
-// "replaces"). It returns the certificate, with its leaf, and its record,
-// not yet stored. If the CA no longer knows the account, a new one is
-// registered and the order placed once more. The caller holds the name's
-// storage lock.
-func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces *x509.Certificate) (*tls.Certificate, *storage.CertRecord, error) {
-	account, err := m.getAccount(ctx)
+// obtainFrom orders a certificate for name with a new key of type kt from
+// the CA of is; replaces, if not nil, is the certificate it renews (RFC
+// 9773's "replaces"), issued by that CA. If the CA no longer knows the
+// account, a new one is registered and the order placed once more.
+func (m *Manager) obtainFrom(ctx context.Context, is *issuer, name string, kt KeyType, replaces *x509.Certificate) (*tls.Certificate, *storage.CertRecord, error) {
+	account, err := m.getAccount(ctx, is)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -264,10 +262,10 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 	if err != nil {
 		return nil, nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
 	}
-	chains, err := m.order(ctx, account, csr, replaces)
+	chains, err := m.order(ctx, is, account, csr, replaces)
 	if isAccountGone(err) {
-		if account, err = m.recoverAccount(ctx, name, account, err); err == nil {
-			chains, err = m.order(ctx, account, csr, replaces)
+		if account, err = m.recoverAccount(ctx, is, name, account, err); err == nil {
+			chains, err = m.order(ctx, is, account, csr, replaces)
 		}
 	}
 	if replaces != nil && isReplacesRefused(err) {
@@ -276,7 +274,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 		// change), or is replaced already: renew without naming it.
 		m.logger().Named("renew").Info("the CA refused to let this order replace the certificate; ordering without replaces",
 			zapName(name), zapKeyType(kt), zapErr(err))
-		chains, err = m.order(ctx, account, csr, nil)
+		chains, err = m.order(ctx, is, account, csr, nil)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("acmetls: obtaining certificate for %q: %w%s", name, err, m.validationHint(err))
@@ -299,7 +297,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, replaces 
 		KeyType:  string(kt),
 		KeyPEM:   keyPEM,
 		ChainPEM: string(chain.ChainPEM),
-		CA:       m.ca(),
+		CA:       is.url,
 		URL:      chain.URL,
 		Account:  account.Location,
 		Obtained: time.Now().UTC(),
@@ -339,20 +337,21 @@ func (m *Manager) validationHint(err error) string {
 		strings.Join(ports, " or ") + " reaches this process, listening before certificates are asked for)"
 }
 
-// order places one order for csr with account and returns the chains.
-func (m *Manager) order(ctx context.Context, account *acme.Account, csr *x509.CertificateRequest, replaces *x509.Certificate) ([]acme.Certificate, error) {
+// order places one order for csr with account at is and returns the
+// chains.
+func (m *Manager) order(ctx context.Context, is *issuer, account *acme.Account, csr *x509.CertificateRequest, replaces *x509.Certificate) ([]acme.Certificate, error) {
 	params, err := acmez.OrderParametersFromCSR(*account, csr)
 	if err != nil {
 		return nil, err
 	}
 	params.Replaces = replaces
-	if m.Profile != "" {
-		if err := m.checkProfile(ctx); err != nil {
+	if is.profile != "" {
+		if err := checkProfile(ctx, is); err != nil {
 			return nil, err
 		}
-		params.Profile = m.Profile
+		params.Profile = is.profile
 	}
-	client := acmez.Client{Client: m.client, ChallengeSolvers: m.solvers()}
+	client := acmez.Client{Client: is.client, ChallengeSolvers: m.solvers()}
 	return client.ObtainCertificate(ctx, params)
 }
 
@@ -445,20 +444,20 @@ func (m *Manager) httpChallenge() bool {
 	return !m.DisableHTTPChallenge && !m.noPort80.Load()
 }
 
-// ErrUnknownProfile is returned when [Manager.Profile] is not one the CA
-// offers.
+// ErrUnknownProfile is returned when [Manager.Profile] (or a fallback
+// CA's) is not one the CA offers.
 var ErrUnknownProfile = errors.New("acmetls: unknown ACME profile")
 
-// checkProfile refuses a Profile the CA's directory does not offer,
+// checkProfile refuses a profile the CA's directory does not offer,
 // naming those it does.
-func (m *Manager) checkProfile(ctx context.Context) error {
-	dir, err := m.client.GetDirectory(ctx)
+func checkProfile(ctx context.Context, is *issuer) error {
+	dir, err := is.client.GetDirectory(ctx)
 	if err != nil {
-		return fmt.Errorf("acmetls: reading the CA's directory %s: %w", m.ca(), err)
+		return fmt.Errorf("acmetls: reading the CA's directory %s: %w", is.url, err)
 	}
 	var offered []string
 	if dir.Meta != nil {
-		if _, ok := dir.Meta.Profiles[m.Profile]; ok {
+		if _, ok := dir.Meta.Profiles[is.profile]; ok {
 			return nil
 		}
 		for p := range dir.Meta.Profiles {
@@ -467,9 +466,9 @@ func (m *Manager) checkProfile(ctx context.Context) error {
 	}
 	slices.Sort(offered)
 	if len(offered) == 0 {
-		return fmt.Errorf("%w %q: %s offers no profiles", ErrUnknownProfile, m.Profile, m.ca())
+		return fmt.Errorf("%w %q: %s offers no profiles", ErrUnknownProfile, is.profile, is.url)
 	}
-	return fmt.Errorf("%w %q: %s offers %s", ErrUnknownProfile, m.Profile, m.ca(), strings.Join(offered, ", "))
+	return fmt.Errorf("%w %q: %s offers %s", ErrUnknownProfile, is.profile, is.url, strings.Join(offered, ", "))
 }
 
 // isReplacesRefused reports whether the CA refused an order's "replaces"

@@ -60,7 +60,7 @@ func (m *Manager) PersistRecord(ctx context.Context, name string) (recordName, v
 	if err != nil {
 		return "", "", err
 	}
-	account, err := m.getAccount(ctx)
+	account, err := m.getAccount(ctx, m.issuers[0])
 	if err != nil {
 		return "", "", err
 	}

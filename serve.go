@@ -190,6 +190,6 @@ func (m *Manager) Serve(ctx context.Context, httpLn, httpsLn net.Listener, handl
 	servers.Wait()
 	stopWork()
 	background.Wait()
-	m.client.HTTPClient.CloseIdleConnections()
+	m.closeIdleConnections()
 	return err
 }

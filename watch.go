@@ -73,7 +73,7 @@ func (m *Manager) changed(ctx context.Context, key string) {
 		if t := m.tracked(name, kt); t != nil && t.serial == string(c.Leaf.SerialNumber.Bytes()) && !staple {
 			return // what this process holds already: its own write, say
 		}
-		if _, err := m.cacheCert(ctx, name, kt, c, rec.RenewalInfo, true); err != nil {
+		if _, err := m.cacheCert(ctx, name, kt, c, rec, true); err != nil {
 			m.logger().Named("storage").Warn("reading a certificate another process stored", zapName(name), zapErr(err))
 		}
 	}()

@@ -1,0 +1,213 @@
+package acmetls
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/acmetls/acmetls/storage"
+)
+
+// FallbackCA is a CA that [Manager.FallbackCAs] orders from when the CAs
+// before it fail: its directory, and what its account needs. Each CA has
+// an account of its own, registered with the Manager's Email and
+// AgreeToTerms.
+type FallbackCA struct {
+	// URL is the CA's ACME directory URL.
+	URL string
+	// RootCAs are the roots trusted when talking to this CA; nil means
+	// the Manager's RootCAs. Unused when Manager.HTTPClient is set.
+	RootCAs *x509.CertPool
+	// ExternalAccount binds the account at this CA, for CAs that
+	// require it.
+	ExternalAccount *ExternalAccount
+	// Profile is the ACME profile ordered at this CA; empty means its
+	// default. Manager.Profile applies to the first CA only.
+	Profile string
+}
+
+// issuer is one CA the Manager orders from, with its account: the
+// Manager's CA first, then its FallbackCAs in order.
+type issuer struct {
+	index   int
+	url     string
+	client  *acme.Client
+	eab     *ExternalAccount
+	profile string
+	// down is open while this CA fails for every name (down, failing,
+	// refusing orders, misconfigured): attempts go to the next CA
+	// without asking it, and to it again once it closes.
+	down breaker
+
+	mu      sync.RWMutex // guards account
+	account *acme.Account
+}
+
+// setupIssuers makes the Manager's issuers from CA and FallbackCAs.
+func (m *Manager) setupIssuers() error {
+	if len(m.FallbackCAs) > 0 && m.DNSPersist != nil {
+		return errors.New("acmetls: DNSPersist and FallbackCAs cannot be used together: a dns-persist-01 record binds one CA's account")
+	}
+	seen := map[string]bool{m.ca(): true}
+	m.issuers = []*issuer{m.newIssuer(0, m.ca(), m.RootCAs, m.ExternalAccount, m.Profile)}
+	for i, f := range m.FallbackCAs {
+		if f.URL == "" || seen[f.URL] {
+			return fmt.Errorf("acmetls: FallbackCAs[%d]: the URL %q is empty or listed twice", i, f.URL)
+		}
+		seen[f.URL] = true
+		roots := f.RootCAs
+		if roots == nil {
+			roots = m.RootCAs
+		}
+		m.issuers = append(m.issuers, m.newIssuer(i+1, f.URL, roots, f.ExternalAccount, f.Profile))
+	}
+	return nil
+}
+
+func (m *Manager) newIssuer(index int, url string, roots *x509.CertPool, eab *ExternalAccount, profile string) *issuer {
+	return &issuer{
+		index: index,
+		url:   url,
+		client: &acme.Client{
+			Directory:  url,
+			HTTPClient: m.httpClient(roots),
+			UserAgent:  "acmetls",
+			Logger:     slogFromZap(m.logger().Named("acme")),
+		},
+		eab:     eab,
+		profile: profile,
+	}
+}
+
+// issuerOf returns the index of the issuer whose directory is url, as a
+// certificate record names it: 0 for a record naming none, -1 for a CA no
+// longer configured.
+func (m *Manager) issuerOf(url string) int8 {
+	if url == "" {
+		return 0
+	}
+	for _, is := range m.issuers {
+		if is.url == url {
+			return int8(is.index)
+		}
+	}
+	return -1
+}
+
+// closeIdleConnections closes the idle connections to every CA.
+func (m *Manager) closeIdleConnections() {
+	for _, is := range m.issuers {
+		is.client.HTTPClient.CloseIdleConnections()
+	}
+}
+
+// httpClient returns the client for a CA: HTTPClient, or one with
+// timeouts trusting roots, its transport wrapped to note Retry-After.
+func (m *Manager) httpClient(roots *x509.CertPool) *http.Client {
+	var c http.Client
+	if m.HTTPClient != nil {
+		c = *m.HTTPClient
+	} else {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		t.ResponseHeaderTimeout = 30 * time.Second
+		c = http.Client{Transport: t, Timeout: 2 * time.Minute}
+	}
+	base := c.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	c.Transport = retryAfterTransport{base: base}
+	return &c
+}
+
+// obtain orders a certificate for name with a new key of type kt, from
+// the first CA that gives one: the Manager's CA, then each of its
+// FallbackCAs, skipping those whose breaker is open. old, if not nil, is
+// the certificate it renews, named in "replaces" (RFC 9773) at the CA
+// that issued it. It returns the certificate, with its leaf, and its
+// record, naming the CA, not yet stored. The caller holds the name's
+// storage lock.
+//
+// A failure goes to the next CA unless another CA would fail the same
+// way: a validation that failed (the name's DNS or this server), or the
+// name's dns-persist-01 record. A CA that fails for every name (down,
+// answering 5xx, misconfigured) is skipped for a while, as the breaker
+// of a single CA holds every name back; each renewal starts at the first
+// CA again.
+func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *tracked) (*tls.Certificate, *storage.CertRecord, error) {
+	var failures []string
+	last := len(m.issuers) - 1
+	for _, is := range m.issuers {
+		if is.index < last {
+			if err := is.down.open(m.now()); err != nil {
+				failures = append(failures, fmt.Sprintf("%s skipped: %v", is.url, err))
+				continue
+			}
+		}
+		var replaces *x509.Certificate
+		if old != nil && int(old.issuer) == is.index {
+			replaces = old.ariCert()
+		}
+		c, rec, err := m.obtainFrom(ctx, is, name, kt, replaces)
+		if err == nil {
+			is.down.reset()
+			if len(failures) > 0 {
+				m.logger().Named("obtain").Warn("obtained the certificate from a fallback CA",
+					zapName(name), zapKeyType(kt), zap.String("ca", is.url), zap.Strings("failures", failures))
+			}
+			return c, rec, nil
+		}
+		if is.index == last || ctx.Err() != nil || !otherCAMayDo(err) {
+			if len(failures) > 0 {
+				err = &fallbackError{ca: is.url, failures: failures, err: err}
+			}
+			return nil, nil, err
+		}
+		if sc := scopeOf(err); sc != scopeName {
+			is.down.trip(err, sc, m.now(), time.Time{})
+		}
+		m.logger().Named("obtain").Warn("the CA failed; trying the next one",
+			zapName(name), zapKeyType(kt), zap.String("ca", is.url), zap.String("next", m.issuers[is.index+1].url), zapErr(err))
+		failures = append(failures, fmt.Sprintf("%s: %v", is.url, err))
+	}
+	return nil, nil, &fallbackError{failures: failures, err: errors.New("acmetls: no CA could be asked")}
+}
+
+// otherCAMayDo reports whether another CA may succeed where one failed
+// with err: not after a validation that failed, which depends on the
+// name's DNS and this server alone.
+func otherCAMayDo(err error) bool {
+	if errors.Is(err, ErrPersistRecord) {
+		return false
+	}
+	switch problemType(err) {
+	case acme.ProblemTypeConnection, acme.ProblemTypeDNS, acme.ProblemTypeIncorrectResponse,
+		acme.ProblemTypeTLS, acme.ProblemTypeUnauthorized:
+		return isReplacesRefused(err)
+	}
+	return true
+}
+
+// fallbackError is the failure of an attempt that went through several
+// CAs: err, the last CA's (ca), decides what the failure is (its scope,
+// its problem type); failures are what the CAs before it said.
+type fallbackError struct {
+	ca       string
+	failures []string
+	err      error
+}
+
+func (e *fallbackError) Error() string {
+	return e.err.Error() + " (at " + e.ca + "; before it, " + strings.Join(e.failures, "; ") + ")"
+}
+func (e *fallbackError) Unwrap() error { return e.err }
