@@ -243,20 +243,24 @@ type Manager struct {
 	issuers  []*issuer                        // CA, then FallbackCAs
 	loads    inflight.Group[*certPair]        // by name
 	obtains  inflight.Group[*tls.Certificate] // by name and key type
-	accounts inflight.Group[*acme.Account]    // by CA
-	chal     challenges
-	orders   chan struct{} // one token per order in flight
+	// adminRetries are administrators' retries in flight, by name.
+	adminRetries inflight.Group[struct{}]
+	accounts     inflight.Group[*acme.Account] // by CA
+	chal         challenges
+	orders       chan struct{} // one token per order in flight
 	// backgroundOrders holds one token per order in flight that no
 	// handshake waits for: half of orders at most.
 	backgroundOrders chan struct{}
 	turns            turns // one order at a time per name
 	interned         interner
-	names            storedNames  // which names storage holds
-	denied           recentErrors // names the on-demand policy refused, by name
-	failing          recentErrors // first issuances backing off, by failingKey
-	unsaved          unsaved      // writes storage refused
-	breaker          breaker      // failures that are no name's
-	config           string       // configID, fixed at setup
+	names            storedNames   // which names storage holds
+	denied           recentErrors  // names the on-demand policy refused, by name
+	failing          recentErrors  // first issuances backing off, by failingKey
+	unsaved          unsaved       // writes storage refused
+	breaker          breaker       // failures that are no name's
+	failureStatus    failureStates // what Status and the metrics read of them
+	stats            stats         // counters for the metrics
+	config           string        // configID, fixed at setup
 
 	mu        sync.RWMutex        // guards managed, groups and primaries
 	managed   map[string]struct{} // names given to ManageSync or ManageGroup

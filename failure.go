@@ -136,13 +136,16 @@ func (m *Manager) loadState(ctx context.Context, name string, kt KeyType) (renew
 // instead, and is reported with Attempt 0.
 func (m *Manager) failed(ctx context.Context, kind EventKind, name string, kt KeyType, st renew.State, err error, retryAfter, notAfter time.Time) time.Time {
 	now := m.now()
+	m.stats.failures[problemIndex(err)].Add(1)
 	if scope := scopeOf(err); scope != scopeName {
 		until := m.breaker.trip(err, scope, now, retryAfter)
 		m.emit(Event{Kind: kind, ServerName: name, KeyType: kt, NotAfter: notAfter, NextAttempt: until, Err: err})
 		return until
 	}
 	st = st.Failed(now, err.Error(), problemType(err), retryAfter)
+	st.ProblemDetail = problemDetail(err)
 	st.Config = m.config
+	defer m.failureStatus.changed.Add(1)
 	b, merr := json.Marshal(st)
 	if merr == nil {
 		merr = m.write(ctx, storage.StateKey(name, string(kt)), b, name, kt)
@@ -164,6 +167,7 @@ func (m *Manager) succeeded(ctx context.Context, name string, kt KeyType, st ren
 	if st.Failures == 0 {
 		return
 	}
+	defer m.failureStatus.changed.Add(1)
 	if err := m.remove(ctx, storage.StateKey(name, string(kt)), name, kt); err != nil {
 		m.logger().Named("renew").Warn("clearing renewal state", zapName(name), zapErr(err))
 	}
@@ -316,6 +320,15 @@ func problemType(err error) string {
 	var p acme.Problem
 	if errors.As(err, &p) {
 		return p.Type
+	}
+	return ""
+}
+
+// problemDetail returns the CA's problem detail in err, or "".
+func problemDetail(err error) string {
+	var p acme.Problem
+	if errors.As(err, &p) {
+		return p.Detail
 	}
 	return ""
 }

@@ -178,7 +178,7 @@ func TestStapleLandsOnItsOwnCertificate(t *testing.T) {
 	if err := m.RetryNow(ctx, name); err != nil { // renewed now
 		t.Fatal(err)
 	}
-	m.setStaple(old, []byte("the old certificate's staple"), time.Now().Add(time.Hour))
+	m.setStaple(old, []byte("the old certificate's staple"), time.Now().Add(time.Hour), time.Now())
 	cs, err := e.handshake(name, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -47,6 +47,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 				if m.running.Load() == 0 && m.sched.due.Load() {
 					m.unattended()
 				}
+				m.stats.handshakes[fromMemory].add(hello)
 				return c, nil
 			}
 		}
@@ -54,6 +55,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	name, err := normalizeName(sni)
 	if err != nil {
 		if sni == "" || !isIP(sni) || !m.isManaged(sni) {
+			m.stats.handshakes[refused].add(hello)
 			return nil, err
 		}
 		name = sni // an IP address given to ManageSync
@@ -61,7 +63,23 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if challenge {
 		return m.alpnCert(helloContext(hello), name)
 	}
-	return m.getCertificateSlow(helloContext(hello), hello, name)
+	if m.running.Load() == 0 && m.sched.due.Load() {
+		m.unattended()
+	}
+	cached := m.cache.lookup(name, true)
+	if cached != nil {
+		if c := cached.choose(hello); c != nil {
+			m.stats.handshakes[fromMemory].add(hello)
+			return c, nil
+		}
+	}
+	c, err := m.getCertificateSlow(helloContext(hello), hello, name, cached)
+	if err != nil {
+		m.stats.handshakes[refused].add(hello)
+		return nil, err
+	}
+	m.stats.handshakes[loaded].add(hello)
+	return c, nil
 }
 
 // noServerName is the name served to a client that sent none:
@@ -107,17 +125,9 @@ func helloContext(hello *tls.ClientHelloInfo) context.Context {
 // getCertificateSlow serves a name the cache cannot: storage first, then
 // the CA. A name that is neither managed nor stored (as far as the listing
 // of stored names tells) is put to the on-demand policy before anything
-// else, so a refusal reads no storage.
-func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
-	if m.running.Load() == 0 && m.sched.due.Load() {
-		m.unattended()
-	}
-	cached := m.cache.lookup(name, true)
-	if cached != nil {
-		if c := cached.choose(hello); c != nil {
-			return c, nil
-		}
-	}
+// else, so a refusal reads no storage. cached is what the cache holds of
+// name, with no certificate this client accepts.
+func (m *Manager) getCertificateSlow(ctx context.Context, hello *tls.ClientHelloInfo, name string, cached *certPair) (*tls.Certificate, error) {
 	now := m.now()
 	kt := m.missingKeyType(hello, cached)
 	if cached != nil && kt == "" {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
@@ -47,6 +48,8 @@ type issuer struct {
 	// refusing orders, misconfigured): attempts go to the next CA
 	// without asking it, and to it again once it closes.
 	down breaker
+	// orders counts the orders placed here, by kind and result.
+	orders [2][2]atomic.Uint64
 
 	mu      sync.RWMutex // guards account
 	account *acme.Account
@@ -159,6 +162,11 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 			replaces = old.ariCert()
 		}
 		c, rec, err := m.obtainFrom(ctx, is, name, kt, replaces)
+		kind := orderObtain
+		if old != nil {
+			kind = orderRenew
+		}
+		is.countOrder(kind, err)
 		if err == nil {
 			is.down.reset()
 			if len(failures) > 0 {

@@ -74,6 +74,7 @@ type tracked struct {
 	due                 time.Time // when the renewal should start
 	stapleNext          time.Time // when to refresh the OCSP staple; zero: none
 	stapleUntil         time.Time // when the staple served must go; zero: none served
+	stapleAt            int64     // the served staple's thisUpdate, Unix seconds; zero: none
 	// issuer is the index of the CA that issued it in Manager.issuers,
 	// asked for its renewal information and named in "replaces"; -1 for
 	// a CA no longer configured, which is never asked.
@@ -123,7 +124,7 @@ func (m *Manager) track(name string, kt KeyType, leaf *x509.Certificate, rec *st
 		trackKey:  trackKey{name: name, kt: indexOf(kt)},
 		notBefore: leaf.NotBefore, notAfter: leaf.NotAfter,
 		aki: m.interned.string(leaf.AuthorityKeyId), serial: string(leaf.SerialNumber.Bytes()),
-		stapleNext: st.next, stapleUntil: st.until,
+		stapleNext: st.next, stapleUntil: st.until, stapleAt: unixOrZero(st.at),
 		issuer: m.issuerOf(rec.CA),
 	}
 	if severalNames(leaf) {
@@ -316,7 +317,7 @@ func (m *Manager) maintain(ctx context.Context, wg *sync.WaitGroup, slots chan s
 			polls = append(polls, t)
 		case t.due.After(now):
 			if !t.stapleUntil.IsZero() && !now.Before(t.stapleUntil) {
-				t.stapleUntil = time.Time{}
+				t.stapleUntil, t.stapleAt = time.Time{}, 0
 				expired = append(expired, t)
 			}
 			t.stapleNext = now.Add(renew.MaxPollInterval)
@@ -513,6 +514,7 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	}
 	m.forgetFailing(name)
 	m.breaker.reset()
+	defer m.failureStatus.changed.Add(1)
 	for _, is := range m.issuers {
 		is.down.reset()
 	}

@@ -27,7 +27,15 @@ const stapleFetchTimeout = 5 * time.Second
 // stapling is when a certificate's staple is next fetched (zero: the
 // certificate names no responder) and until when the one attached is good
 // (zero: none attached).
-type stapling struct{ next, until time.Time }
+type stapling struct{ next, until, at time.Time }
+
+// unixOrZero is t in Unix seconds, zero for the zero time.
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
 
 // handshakeKey marks a context whose work a handshake waits for.
 type handshakeKey struct{}
@@ -60,7 +68,7 @@ func (m *Manager) staple(ctx context.Context, name string, kt KeyType, c, cc *tl
 	}
 	attach := func(r *ocsp.Response, der []byte) stapling {
 		cc.OCSPStaple = der
-		return stapling{next: m.stapleRefresh(r, now), until: stapleUntil(r)}
+		return stapling{next: m.stapleRefresh(r, now), until: stapleUntil(r), at: r.ThisUpdate}
 	}
 	if der, err := m.store.Load(ctx, storage.StapleKey(name, string(kt))); err == nil {
 		if r, err := ocsp.Check(der, c.Leaf, issuer, now); err == nil && servable(r, now) {
@@ -153,7 +161,7 @@ func (m *Manager) refreshStaple(ctx context.Context, t *tracked) {
 		m.revoked(ctx, t, r)
 		return
 	case servable(r, now):
-		m.setStaple(t, der, stapleUntil(r))
+		m.setStaple(t, der, stapleUntil(r), r.ThisUpdate)
 		next = m.stapleRefresh(r, now)
 	}
 	m.reschedule(t, func(t *tracked) { t.stapleNext = next })
@@ -175,7 +183,7 @@ func stapleUntil(r *ocsp.Response) time.Time {
 // setStaple attaches staple der, to be served until until, to t's
 // certificate in the cache, if the one cached is still t's: a renewal
 // that lands meanwhile keeps its own (or none).
-func (m *Manager) setStaple(t *tracked, der []byte, until time.Time) {
+func (m *Manager) setStaple(t *tracked, der []byte, until, at time.Time) {
 	p := m.cache.lookup(t.name, true)
 	if p == nil {
 		return
@@ -192,7 +200,7 @@ func (m *Manager) setStaple(t *tracked, der []byte, until time.Time) {
 	m.sched.mu.Lock()
 	defer m.sched.mu.Unlock()
 	if m.sched.certs[t.trackKey] == t {
-		t.stapleUntil = until
+		t.stapleUntil, t.stapleAt = until, at.Unix()
 		m.sched.push(t)
 	}
 }
@@ -225,7 +233,7 @@ func hasSerial(c *tls.Certificate, serial string) bool {
 // is always generated, so a compromised one is never reused.
 func (m *Manager) revoked(ctx context.Context, t *tracked, r *ocsp.Response) {
 	m.sched.mu.Lock()
-	t.stapleUntil = time.Time{}
+	t.stapleUntil, t.stapleAt = time.Time{}, 0
 	m.sched.mu.Unlock()
 	m.dropStaple(t) // its last good staple is a lie now
 	err := fmt.Errorf("acmetls: certificate revoked at %s (reason %d)", r.RevokedAt.Format(time.RFC3339), r.RevocationReason)

@@ -32,6 +32,8 @@ type State struct {
 	LastError   string    `json:"last_error,omitempty"`
 	// ProblemType is the CA's problem type for the last error, if any.
 	ProblemType string `json:"problem_type,omitempty"`
+	// ProblemDetail is the CA's detail of that problem.
+	ProblemDetail string `json:"problem_detail,omitempty"`
 	// Config identifies the configuration the failures happened under
 	// (the CA, the challenge settings); the caller ignores a state
 	// recorded under another one.

@@ -50,7 +50,7 @@ func main() {
 type config struct {
 	ca, email, caRoot, storage  string
 	agreeTOS                    bool
-	names, onDemand             []string
+	names, onDemand, fallbackCA []string
 	ask                         string
 	httpAddr, httpsAddr         string
 	httpsPort                   int
@@ -71,6 +71,10 @@ func parse(args []string, out io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.ca, "ca", "letsencrypt", `ACME directory URL, or "letsencrypt" (production) or "staging" (Let's Encrypt's staging CA: untrusted certificates, high limits; try a setup there first)`)
+	fs.Func("fallback-ca", "ACME directory URL of a CA ordered from when -ca fails (down, refusing orders, rate limits); may repeat, tried in order, each with its own account", func(s string) error {
+		c.fallbackCA = append(c.fallbackCA, s)
+		return nil
+	})
 	fs.StringVar(&c.email, "email", "", "contact address of the ACME account: the CA writes about expiring certificates and changes")
 	fs.BoolVar(&c.agreeTOS, "agree-tos", false, "agree to the CA's terms of service (Let's Encrypt requires it; the URL is in the CA's directory)")
 	fs.StringVar(&c.caRoot, "ca-root", "", "PEM file of roots to trust for the CA's own HTTPS, added to the system's: for a private CA")
@@ -167,6 +171,9 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 		DisableTLSALPNChallenge: c.noALPN,
 		DefaultServerName:       c.defaultName,
 		Logger:                  logger,
+	}
+	for _, u := range c.fallbackCA {
+		m.FallbackCAs = append(m.FallbackCAs, acmetls.FallbackCA{URL: u})
 	}
 	switch {
 	case c.validator != "":
