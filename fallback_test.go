@@ -3,6 +3,7 @@ package acmetls
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -16,10 +17,12 @@ import (
 )
 
 // refusingOrders makes a CA answer new orders with a 503 problem while on
-// is set, counting the orders it refuses.
+// is set, or with a rate limit's 429 if rateLimit is set, counting the
+// orders it refuses.
 type refusingOrders struct {
-	on      atomic.Bool
-	refused atomic.Int32
+	on        atomic.Bool
+	rateLimit bool
+	refused   atomic.Int32
 }
 
 func (r *refusingOrders) intercept(w http.ResponseWriter, req *http.Request) bool {
@@ -30,6 +33,11 @@ func (r *refusingOrders) intercept(w http.ResponseWriter, req *http.Request) boo
 	io.Copy(io.Discard, req.Body)
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Replay-Nonce", "refused")
+	if r.rateLimit {
+		w.WriteHeader(http.StatusTooManyRequests)
+		json.NewEncoder(w).Encode(rateLimited)
+		return true
+	}
 	w.WriteHeader(http.StatusServiceUnavailable)
 	io.WriteString(w, `{"type":"urn:ietf:params:acme:error:serverInternal","detail":"new orders are paused for maintenance","status":503}`)
 	return true

@@ -9,5 +9,6 @@ import (
 )
 
 // The tests of frontends sharing PostgreSQL run on a server of their own;
-// the staple tests run OpenSSL's OCSP responder.
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, testdeps.OpenSSL)) }
+// the staple tests run OpenSSL's OCSP responder; the admin page is
+// tested in a headless chromium.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, testdeps.OpenSSL, testdeps.Chromium)) }

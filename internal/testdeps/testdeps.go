@@ -1,5 +1,5 @@
 // Package testdeps makes sure the machine has what the tests run besides
-// Go: PostgreSQL's server binaries, curl and openssl. Test binaries call
+// Go: PostgreSQL's server binaries, curl, openssl and chromium. Test binaries call
 // [Main] from TestMain with the tools they run.
 //
 // On a Debian machine where the tests run as root, what is missing is
@@ -23,10 +23,11 @@ const (
 	Postgres = "postgres" // PostgreSQL's server binaries, as internal/pgtest runs them
 	Curl     = "curl"
 	OpenSSL  = "openssl"
+	Chromium = "chromium" // a headless browser, driven by chromedp
 )
 
 // packages are the Debian packages that hold the tools.
-var packages = map[string]string{Postgres: "postgresql", Curl: "curl", OpenSSL: "openssl"}
+var packages = map[string]string{Postgres: "postgresql", Curl: "curl", OpenSSL: "openssl", Chromium: "chromium"}
 
 // Main ensures tools are there, then runs the tests; it returns the exit
 // code. Use it as os.Exit(testdeps.Main(m, testdeps.Curl)).
