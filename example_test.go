@@ -3,8 +3,10 @@ package acmetls_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -12,6 +14,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
 
 	"github.com/acmetls/acmetls"
 	"github.com/acmetls/acmetls/internal/acmetest"
@@ -206,4 +212,87 @@ func ExampleFallbackCA() {
 	if err := m.ListenAndServe(ctx, http.NotFoundHandler(), "example.com"); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// Administrators see every certificate's state and retry failures from a
+// page on a local address of their own; Prometheus scrapes the
+// collector, registered with the application's other metrics. The CA is
+// Pebble, run in-process.
+func ExampleManager_AdminHandler() {
+	httpLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	tlsLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	ca, err := acmetest.New(acmetest.Options{
+		HTTPPort: httpLn.Addr().(*net.TCPAddr).Port,
+		TLSPort:  tlsLn.Addr().(*net.TCPAddr).Port,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ca.Close()
+	dir, _ := os.MkdirTemp("", "acmetls-example-")
+	defer os.RemoveAll(dir)
+	m := &acmetls.Manager{
+		CA:           ca.DirectoryURL,
+		RootCAs:      ca.ServerRoots(),
+		AgreeToTerms: true,
+		Storage:      storage.Dir(dir),
+		Logger:       zap.NewNop(),
+	}
+	go http.Serve(httpLn, m.HTTPHandler(nil))
+	go http.Serve(tls.NewListener(tlsLn, m.TLSConfig()), http.NotFoundHandler())
+	if err := m.ManageSync(context.Background(), "shop.example.com"); err != nil {
+		log.Fatal(err)
+	}
+
+	// The admin page and API under /acmetls/, and the application's
+	// metrics with acmetls's at /metrics, on a loopback address.
+	token := "an-example-token" // in production, from a secret store
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m.Collector())
+	mux := http.NewServeMux()
+	mux.Handle("/acmetls/", http.StripPrefix("/acmetls", m.AdminHandler(acmetls.AdminAuth{
+		Token: token, // or Authorize: the application's own login
+	})))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	adminLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	go http.Serve(adminLn, mux)
+	base := "http://" + adminLn.Addr().String()
+
+	// What a program asking the API sees, and one without the token.
+	get := func(path, token string) *http.Response {
+		req, _ := http.NewRequest("GET", base+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			log.Fatal(err)
+		}
+		return resp
+	}
+	resp := get("/acmetls/certificates", token)
+	var report acmetls.StatusReport
+	if err := json.NewDecoder(resp.Body).Decode(&report); err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Printf("%d certificates, %d failing, first %s %s\n", report.Counts.Certificates, report.Counts.Failing,
+		report.Certificates[0].Name, report.Certificates[0].State)
+	resp = get("/acmetls/", "")
+	resp.Body.Close()
+	fmt.Println("without the token:", resp.Status)
+
+	// What Prometheus scrapes.
+	resp = get("/metrics", "")
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if strings.HasPrefix(line, `acmetls_certificates{key_type="rsa-2048",state="ok"}`) {
+			fmt.Println(line)
+		}
+	}
+	// Output:
+	// 2 certificates, 0 failing, first shop.example.com ok
+	// without the token: 401 Unauthorized
+	// acmetls_certificates{key_type="rsa-2048",state="ok"} 1
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -232,6 +233,57 @@ func TestFallbackCAConfiguration(t *testing.T) {
 		m.Storage = &storage.Memory{}
 		if err := m.ManageSync(context.Background()); err == nil {
 			t.Errorf("FallbackCAs %+v accepted", m.FallbackCAs)
+		}
+	}
+}
+
+// The status report says which CA is skipped, and what holds every
+// attempt back, in the CA's words.
+func TestStatusShowsCAsSkippedAndHeld(t *testing.T) {
+	t.Parallel()
+	var first, second refusingOrders
+	e := newEnv(t, acmetest.Options{Intercept: first.intercept})
+	ca2, err := acmetest.New(acmetest.Options{HTTPPort: e.httpPort, TLSPort: e.tlsPort, Intercept: second.intercept})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ca2.Close)
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.FallbackCAs = []FallbackCA{{URL: ca2.DirectoryURL}}
+	})
+	ctx := context.Background()
+	rep, err := m.Status(ctx, StatusQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Held != nil || len(rep.CAs) != 2 || rep.CAs[0].Skipped != nil || rep.CAs[1].URL != ca2.DirectoryURL {
+		t.Fatalf("before any failure: held %v, CAs %+v", rep.Held, rep.CAs)
+	}
+	first.on.Store(true)
+	second.on.Store(true)
+	if err := m.ManageSync(ctx, "held.example.com"); err == nil {
+		t.Fatal("obtained with both CAs refusing")
+	}
+	rep, err = m.Status(ctx, StatusQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Held == nil || !strings.Contains(rep.Held.Error, "paused for maintenance") || !rep.Held.Until.After(rep.Time) {
+		t.Errorf("held: %+v", rep.Held)
+	}
+	if s := rep.CAs[0].Skipped; s == nil || !strings.Contains(s.Error, "paused for maintenance") {
+		t.Errorf("the first CA: %+v", rep.CAs[0])
+	}
+	if rep.Counts.Failing != 0 {
+		t.Errorf("an outage counted as the name's failure: %+v", rep.Counts)
+	}
+	srv := httptest.NewServer(m.AdminHandler(AdminAuth{Token: "t"}))
+	defer srv.Close()
+	_, page := adminRequest(t, "GET", srv.URL, "/", nil, bearer("t"))
+	for _, want := range []string{"Every attempt waits until", "The CA " + e.ca.DirectoryURL + " is skipped until", "paused for maintenance"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page does not say %q", want)
 		}
 	}
 }

@@ -116,8 +116,39 @@ type StatusReport struct {
 	Total        int                 `json:"total"`
 	Offset       int                 `json:"offset"`
 	Certificates []CertificateStatus `json:"certificates"`
+	// Held, if set, is a failure that is no one name's (the CA down,
+	// storage failing, a configuration error): every attempt waits
+	// until it clears.
+	Held *Hold `json:"held,omitempty"`
+	// CAs are the CAs ordered from, in order, each with the failure
+	// that makes attempts skip it, if any.
+	CAs []CAStatus `json:"cas"`
 	// Time is when the report was made.
 	Time time.Time `json:"time"`
+}
+
+// Hold is a failure that holds attempts back until a time.
+type Hold struct {
+	Error string    `json:"error"`
+	Until time.Time `json:"until"`
+}
+
+// CAStatus is one of the CAs a Manager orders from.
+type CAStatus struct {
+	URL string `json:"url"`
+	// Skipped, if set, is the failure for which attempts go to the next
+	// CA without asking this one, until it clears.
+	Skipped *Hold `json:"skipped,omitempty"`
+}
+
+// hold returns what b holds back at now, if anything.
+func (b *breaker) hold(now time.Time) *Hold {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil || !now.Before(b.until) {
+		return nil
+	}
+	return &Hold{Error: b.err.Error(), Until: b.until}
 }
 
 // Status lists the certificates this Manager holds, failing ones first
@@ -152,7 +183,16 @@ func (m *Manager) Status(ctx context.Context, q StatusQuery) (*StatusReport, err
 	}
 	now := m.now()
 	rows, counts := m.statusRows(states, q, now)
-	r := &StatusReport{Counts: counts, Total: len(rows), Offset: q.Offset, Time: now}
+	r := &StatusReport{Counts: counts, Total: len(rows), Offset: q.Offset, Time: now, Held: m.breaker.hold(now)}
+	if m.Validator == nil {
+		for _, is := range m.issuers {
+			cs := CAStatus{URL: is.url}
+			if len(m.issuers) > 1 {
+				cs.Skipped = is.down.hold(now)
+			}
+			r.CAs = append(r.CAs, cs)
+		}
+	}
 	if q.Offset < 0 || q.Offset >= len(rows) {
 		r.Certificates = []CertificateStatus{}
 		return r, nil

@@ -62,6 +62,7 @@ type config struct {
 	validationServer            bool
 	bodyTimeout                 time.Duration
 	defaultName                 string
+	adminAddr, adminToken       string
 	logLevel                    zapcore.Level
 }
 
@@ -99,6 +100,8 @@ func parse(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.validator, "validator", "", "frontend mode: the URL of the fleet's validation server (e.g. https://validation.internal), which alone talks to the CA; this server never does, and reads certificates from the shared -storage. The CA's http-01 requests are redirected to this URL's host on port 80")
 	fs.BoolVar(&c.validationServer, "validation-server", false, "be the fleet's validation server: hold the account, order and renew for the fleet, and answer frontends' issuance requests at /.well-known/acmetls/issue on both addresses (prefer https:// for -validator: the token then does not travel in the clear)")
 	fs.StringVar(&c.fleetToken, "fleet-token", os.Getenv("ACMETLS_FLEET_TOKEN"), "the fleet's shared secret, for -validator or -validation-server (default $ACMETLS_FLEET_TOKEN, which keeps it out of ps)")
+	fs.StringVar(&c.adminAddr, "admin-addr", "", "loopback address (127.0.0.1:PORT) for administrators: the status page at /, its JSON API, retries, and Prometheus metrics at /metrics; every request needs -admin-token")
+	fs.StringVar(&c.adminToken, "admin-token", os.Getenv("ACMETLS_ADMIN_TOKEN"), "the administrators' token, for -admin-addr: a bearer token, or the password of basic authentication in a browser (default $ACMETLS_ADMIN_TOKEN, which keeps it out of ps)")
 	fs.TextVar(&c.logLevel, "log-level", c.logLevel, "least level logged: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "usage: server [flags] name ...\n\n"+
@@ -129,8 +132,25 @@ func parse(args []string, out io.Writer) (*config, error) {
 		return nil, errors.New("-validator and -validation-server: a server is a frontend or the validation server, not both")
 	case (c.validator != "" || c.validationServer) && c.fleetToken == "":
 		return nil, errors.New("-validator and -validation-server need the fleet's token: -fleet-token or $ACMETLS_FLEET_TOKEN")
+	case c.adminAddr != "" && c.adminToken == "":
+		return nil, errors.New("-admin-addr needs a token: -admin-token or $ACMETLS_ADMIN_TOKEN")
+	case c.adminAddr != "" && !isLoopback(c.adminAddr):
+		return nil, fmt.Errorf("-admin-addr %q: give a loopback address such as 127.0.0.1:8081; reach it from elsewhere through a proxy with TLS", c.adminAddr)
 	}
 	return c, nil
+}
+
+// isLoopback reports whether addr (host:port) listens on loopback only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func splitNames(s string) []string {
@@ -245,6 +265,21 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 
 	if c.bodyTimeout > 0 {
 		handler = bodyDeadline(handler, c.bodyTimeout)
+	}
+
+	if c.adminAddr != "" {
+		adminLn, err := net.Listen("tcp", c.adminAddr)
+		if err != nil {
+			return fmt.Errorf("-admin-addr: %w", err)
+		}
+		admin := &http.Server{
+			Handler:           m.AdminHandler(acmetls.AdminAuth{Token: c.adminToken}),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          zap.NewStdLog(logger.Named("admin")),
+		}
+		go admin.Serve(adminLn)
+		defer admin.Close()
+		logger.Info("admin page", zap.Stringer("addr", adminLn.Addr()))
 	}
 
 	var httpLn net.Listener

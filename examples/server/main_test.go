@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,7 +46,7 @@ func freePort(t *testing.T) int {
 // of the -ask endpoint are allowed or refused as it answers; the context's
 // end (SIGTERM) stops it cleanly.
 func TestServerWithOutsideClients(t *testing.T) {
-	httpPort, httpsPort := freePort(t), freePort(t)
+	httpPort, httpsPort, adminPort := freePort(t), freePort(t), freePort(t)
 	ca, err := acmetest.New(acmetest.Options{HTTPPort: httpPort, TLSPort: httpsPort})
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +85,7 @@ func TestServerWithOutsideClients(t *testing.T) {
 			"-storage", filepath.Join(dir, "storage"), "-root", filepath.Join(dir, "www"),
 			"-http-addr", "127.0.0.1:" + strconv.Itoa(httpPort), "-https-addr", "127.0.0.1:" + strconv.Itoa(httpsPort),
 			"-ask", ask.URL + "/check",
+			"-admin-addr", "127.0.0.1:" + strconv.Itoa(adminPort), "-admin-token", "admin-secret",
 			"-log-level", "warn",
 			"site.example.com",
 		}, &logs, nil)
@@ -175,6 +177,22 @@ func TestServerWithOutsideClients(t *testing.T) {
 		t.Errorf("a default client did not get the ECDSA certificate over TLS 1.3:\n%s", out)
 	}
 
+	// The admin address: nothing without the token; with it, the
+	// certificates and the metrics.
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	if got := curl("--write-out", "%{http_code}", "--output", "/dev/null", admin+"/certificates"); got != "401" {
+		t.Errorf("the admin API without the token: %s", got)
+	}
+	if got := curl("--user", "sre:admin-secret", admin+"/certificates/"+name); !strings.Contains(got, `"serial"`) || !strings.Contains(got, `"name": "`+name+`"`) {
+		t.Errorf("the admin API with the token:\n%s", got)
+	}
+	// Two for site.example.com, one or two for customer.example.com
+	// (its second key type comes in the background).
+	orders := regexp.MustCompile(`(?m)^acmetls_orders_total\{ca="` + regexp.QuoteMeta(ca.DirectoryURL) + `",kind="obtain",result="success"\} [34]$`)
+	if got := curl("-H", "Authorization: Bearer admin-secret", admin+"/metrics"); !orders.MatchString(got) {
+		t.Errorf("metrics: not 3 or 4 successful orders:\n%s", got)
+	}
+
 	cbc := &tls.Config{
 		ServerName: name, RootCAs: ca.Roots(), MaxVersion: tls.VersionTLS12,
 		CipherSuites: []uint16{
@@ -197,7 +215,7 @@ func TestServerFlags(t *testing.T) {
 	}
 	for _, flag := range []string{"-ca", "-email", "-agree-tos", "-ca-root", "-storage", "-on-demand", "-ask",
 		"-http-addr", "-https-addr", "-https-port", "-root", "-upstream", "-hsts", "-hsts-subdomains", "-hsts-preload",
-		"-no-http-challenge", "-no-tls-alpn-challenge", "-log-level", "-body-timeout", "-default-name", "-validator", "-fleet-token", "-validation-server", "staging", "postgres://"} {
+		"-no-http-challenge", "-no-tls-alpn-challenge", "-log-level", "-body-timeout", "-default-name", "-validator", "-fleet-token", "-validation-server", "-admin-addr", "-admin-token", "-fallback-ca", "staging", "postgres://"} {
 		if !strings.Contains(out.String(), flag) {
 			t.Errorf("-h does not mention %s", flag)
 		}
@@ -214,6 +232,9 @@ func TestServerFlags(t *testing.T) {
 		{[]string{"-root", ".", "-ca-root", "/nonexistent", "a.example.com"}, "-ca-root"},
 		{[]string{"-root", ".", "-validator", "http://v", "-validation-server", "-fleet-token", "t", "a.example.com"}, "not both"},
 		{[]string{"-root", ".", "-validation-server", "-fleet-token", "", "a.example.com"}, "token"},
+		{[]string{"-root", ".", "-admin-addr", "127.0.0.1:0", "-admin-token", "", "a.example.com"}, "-admin-token"},
+		{[]string{"-root", ".", "-admin-addr", ":8081", "-admin-token", "t", "a.example.com"}, "loopback"},
+		{[]string{"-root", ".", "-admin-addr", "192.0.2.1:8081", "-admin-token", "t", "a.example.com"}, "loopback"},
 	} {
 		err := run(context.Background(), tc.args, &out, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
