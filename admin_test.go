@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -293,5 +294,29 @@ func TestMetricsCardinalityIsFixed(t *testing.T) {
 	}
 	if got := metricValue(t, families, "acmetls_failures_total", map[string]string{"problem": "rateLimited"}); got != 1+2+3+1+1 {
 		t.Errorf("rateLimited failures: %v, want 8", got)
+	}
+}
+
+// An administrator's retry of a name the Manager neither holds, nor
+// failed, nor may serve orders nothing.
+func TestRetryNowRefusesUnknownNames(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, acmetest.Options{})
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Names: []string{"allowed.example.com"}}
+	})
+	ctx := context.Background()
+	if err := m.RetryNow(ctx, "stranger.example.com"); !errors.Is(err, ErrNotManaged) {
+		t.Errorf("a retry of a stranger: %v, want ErrNotManaged", err)
+	}
+	if n := len(e.ca.Orders()); n != 0 {
+		t.Errorf("%d orders for a stranger", n)
+	}
+	if err := m.RetryNow(ctx, "allowed.example.com"); err != nil {
+		t.Errorf("a retry of a name the policy allows: %v", err)
+	}
+	if n := len(e.ca.Orders()); n != 1 {
+		t.Errorf("%d orders for an allowed name, want 1", n)
 	}
 }

@@ -503,7 +503,10 @@ func (m *Manager) reschedule(t *tracked, set func(*tracked)) {
 
 // RetryNow clears the backoff of name's certificates and tries at once:
 // a renewal for a certificate the Manager holds, a first issuance for one
-// it could not obtain. It returns the attempt's error.
+// it could not obtain. It returns the attempt's error. A name the Manager
+// neither holds, nor failed to obtain, nor may serve (managed, or allowed
+// by the on-demand policy) is refused with [ErrNotManaged], and nothing
+// is ordered.
 func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	if err := m.init(); err != nil {
 		return err
@@ -512,6 +515,24 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	kts := m.keyTypes()
+	states := make([]renew.State, len(kts))
+	known := m.isManaged(name) || m.primaryOf(name) != ""
+	for i, kt := range kts {
+		if states[i], err = m.loadState(ctx, name, kt); err != nil {
+			return err
+		}
+		known = known || states[i].Failures > 0 || m.tracked(name, kt) != nil
+	}
+	if !known {
+		if c, err := m.loadCert(ctx, name, kts[0]); err != nil {
+			return err
+		} else if c == nil {
+			if err := m.allowed(ctx, name); err != nil {
+				return err
+			}
+		}
+	}
 	m.forgetFailing(name)
 	m.breaker.reset()
 	defer m.failureStatus.changed.Add(1)
@@ -519,13 +540,8 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 		is.down.reset()
 	}
 	var errs []error
-	for _, kt := range m.keyTypes() {
-		st, err := m.loadState(ctx, name, kt)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if st.Failures > 0 {
+	for i, kt := range kts {
+		if st := states[i]; st.Failures > 0 {
 			b, err := json.Marshal(st.RetryNow())
 			if err == nil {
 				err = m.write(ctx, storage.StateKey(name, string(kt)), b, name, kt)

@@ -163,10 +163,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	states, err := m.failureStates(ctx)
+	states, _, err := m.failureStates(ctx)
 	if err != nil {
-		m.logger().Named("metrics").Warn("reading failure states; counting none", zapErr(err))
-		states = nil
+		m.logger().Named("metrics").Warn("reading failure states; counting those last read", zapErr(err))
 	}
 	now := m.now()
 	kts := m.keyTypes()

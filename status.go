@@ -123,6 +123,9 @@ type StatusReport struct {
 	// CAs are the CAs ordered from, in order, each with the failure
 	// that makes attempts skip it, if any.
 	CAs []CAStatus `json:"cas"`
+	// Warning, if set, says what the report lacks: the failures, when
+	// storage could not be read.
+	Warning string `json:"warning,omitempty"`
 	// Time is when the report was made.
 	Time time.Time `json:"time"`
 }
@@ -177,13 +180,17 @@ func (m *Manager) Status(ctx context.Context, q StatusQuery) (*StatusReport, err
 		limit = DefaultStatusLimit
 	}
 	limit = min(limit, MaxStatusLimit)
-	states, err := m.failureStates(ctx)
-	if err != nil {
-		return nil, err
-	}
+	states, statesAt, statesErr := m.failureStates(ctx)
 	now := m.now()
 	rows, counts := m.statusRows(states, q, now)
 	r := &StatusReport{Counts: counts, Total: len(rows), Offset: q.Offset, Time: now, Held: m.breaker.hold(now)}
+	if statesErr != nil {
+		// The schedule is in memory: list it, and say what is missing.
+		r.Warning = "the failures could not be read from storage: " + statesErr.Error()
+		if !statesAt.IsZero() {
+			r.Warning += "; those shown were read at " + statesAt.UTC().Format(time.RFC3339)
+		}
+	}
 	if m.Validator == nil {
 		for _, is := range m.issuers {
 			cs := CAStatus{URL: is.url}
@@ -421,21 +428,22 @@ type failureStates struct {
 }
 
 // failureStates returns the renewal state of every certificate whose last
-// attempt failed, by name and key type: from storage (and the states
-// storage refused to take), read again when statesTTL has passed or this
-// process recorded a change.
-func (m *Manager) failureStates(ctx context.Context) (map[trackKey]renew.State, error) {
+// attempt failed, by name and key type, and when they were read: from
+// storage (and the states storage refused to take), read again when
+// statesTTL has passed or this process recorded a change. When storage
+// fails, it returns the error with the states last read, if any.
+func (m *Manager) failureStates(ctx context.Context) (map[trackKey]renew.State, time.Time, error) {
 	f := &m.failureStatus
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := m.now()
 	gen := f.changed.Load()
 	if f.states != nil && f.gen == gen && now.Sub(f.at) < statesTTL && !now.Before(f.at) {
-		return f.states, nil
+		return f.states, f.at, nil
 	}
 	keys, err := m.store.List(ctx, storage.StatesDir, false)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("acmetls: listing renewal states: %w", err)
+		return f.states, f.at, fmt.Errorf("acmetls: listing renewal states: %w", err)
 	}
 	names := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -465,8 +473,8 @@ func (m *Manager) failureStates(ctx context.Context) (map[trackKey]renew.State, 
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return f.states, f.at, err
 	}
 	f.states, f.at, f.gen = states, now, gen
-	return states, nil
+	return states, now, nil
 }

@@ -2,8 +2,10 @@ package acmetls
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acmetls/acmetls/renew"
+	"github.com/acmetls/acmetls/storage"
 )
 
 // statusNames is the number of names of the status tests: 100,000, as
@@ -192,5 +195,43 @@ func BenchmarkStatus(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// listFailing is a storage whose listings fail while fail is set.
+type listFailing struct {
+	storage.Storage
+	fail atomic.Bool
+}
+
+func (s *listFailing) List(ctx context.Context, prefix string, recursive bool) ([]string, error) {
+	if s.fail.Load() {
+		return nil, errors.New("connection refused")
+	}
+	return s.Storage.List(ctx, prefix, recursive)
+}
+
+// With storage down, the status still lists the schedule, with the
+// failures last read, and says so.
+func TestStatusWithStorageDown(t *testing.T) {
+	now := time.Now()
+	m := failingManager(t, 50, []int{4}, now)
+	st := &listFailing{Storage: m.store}
+	m.store = st
+	ctx := context.Background()
+	if _, err := m.Status(ctx, StatusQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	st.fail.Store(true)
+	m.clock.(*fakeClock).Add(time.Minute) // past the states' reuse
+	rep, err := m.Status(ctx, StatusQuery{})
+	if err != nil {
+		t.Fatalf("with storage down: %v", err)
+	}
+	if rep.Counts.Certificates != 101 || rep.Counts.Failing != 2 {
+		t.Errorf("counts with storage down: %+v", rep.Counts)
+	}
+	if !strings.Contains(rep.Warning, "connection refused") || !strings.Contains(rep.Warning, "read at") {
+		t.Errorf("warning %q", rep.Warning)
 	}
 }
