@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of BENCHMARKS.md and prints benchstat's tables.
 # Takes about an hour on 2 cores; run it on an otherwise idle machine.
-# Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5 b6 b7 b8 b9)
+# Usage: bench/run.sh [output-dir] [group ...]   (groups: b1 b2 b3 b4 b5 b6 b7 b8 b9 b10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
 shift || true
-groups=${*:-b1 b2 b3 b4 b5 b6 b7 b8 b9}
+groups=${*:-b1 b2 b3 b4 b5 b6 b7 b8 b9 b10}
 mkdir -p "$out"
 go install golang.org/x/perf/cmd/benchstat@latest
 bs=$(go env GOPATH)/bin/benchstat
@@ -24,6 +24,7 @@ for g in $groups; do
 		go test -run '^$' -bench 'BenchmarkRefuse/impl=certmagic/names=oversized' -benchtime 20x -count 6 ./bench/; } > "$out/b7.txt" ;;
 	b8) go test -run '^$' -bench 'BenchmarkFirstOnDemand' -benchtime 50x -count 4 ./bench/ > "$out/b8.txt" ;;
 	b9) go test -run '^$' -bench 'BenchmarkResumption' -benchtime 2000x -count 6 ./bench/ > "$out/b9.txt" ;;
+	b10) go test -run '^$' -bench 'BenchmarkStatus' -benchtime 20x -count 6 . > "$out/b10.txt" ;;
 	esac
 	echo "== $g"
 	case $g in
