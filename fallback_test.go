@@ -154,6 +154,21 @@ func TestFallbackCA(t *testing.T) {
 	if n := len(second.Orders()); n != 2 {
 		t.Errorf("the second CA has %d orders after the renewals, want 2", n)
 	}
+
+	// A Manager no longer configured with the CA that issued a stored
+	// certificate serves it, never asks that CA, and asks its own CA
+	// nothing about it (no renewal information, no "replaces").
+	other := e.manager(func(o *Manager) {
+		o.CA = second.DirectoryURL
+		o.KeyTypes = []KeyType{ECDSAP256}
+		o.clock = clock
+	})
+	if _, err := e.handshake("fallback.example.com", nil); err != nil {
+		t.Fatalf("a certificate of a CA no longer configured: %v", err)
+	}
+	if tr := other.tracked("fallback.example.com", ECDSAP256); tr == nil || tr.issuer != -1 || !tr.ari.NextPoll.Equal(never) {
+		t.Errorf("tracked %+v, want no CA and no renewal information polls", tr)
+	}
 }
 
 // A validation that fails at the first CA fails at any other: the next CA
