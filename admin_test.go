@@ -20,7 +20,11 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"go.uber.org/zap"
+
 	"github.com/acmetls/acmetls/internal/acmetest"
+	"github.com/acmetls/acmetls/renew"
+	"github.com/acmetls/acmetls/storage"
 )
 
 // adminRequest sends a request to the admin handler at base, with header
@@ -318,5 +322,64 @@ func TestRetryNowRefusesUnknownNames(t *testing.T) {
 	}
 	if n := len(e.ca.Orders()); n != 1 {
 		t.Errorf("%d orders for an allowed name, want 1", n)
+	}
+}
+
+// RetryAll retries the names whose last attempt failed, not those that
+// failed once and recovered (whose state's directory a file storage
+// keeps, empty).
+func TestRetryAllOnlyFailing(t *testing.T) {
+	t.Parallel()
+	ca := refusingOrders{rateLimit: true}
+	e := newEnv(t, acmetest.Options{Intercept: ca.intercept})
+	var evs events
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnEvent = evs.add
+	})
+	ctx := context.Background()
+	ca.on.Store(true)
+	if err := m.ManageSync(ctx, "recovered.example.com", "stillfailing.example.com"); err == nil {
+		t.Fatal("obtained past the rate limit")
+	}
+	ca.on.Store(false)
+	if err := m.RetryNow(ctx, "recovered.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	ca.on.Store(true)
+	refused := ca.refused.Load()
+	orders := len(e.ca.Orders())
+	if err := m.RetryAll(ctx); err == nil {
+		t.Error("RetryAll succeeded past the rate limit")
+	}
+	if n := ca.refused.Load() - refused; n != 1 {
+		t.Errorf("RetryAll placed %d orders, want 1: the failing name's", n)
+	}
+	if n := len(e.ca.Orders()) - orders; n != 0 {
+		t.Errorf("RetryAll renewed %d healthy certificates", n)
+	}
+}
+
+// A failure of a name that does not read back from its storage key (an
+// IPv6 address) is listed, found and retried under its own name.
+func TestStatusOfAnIPv6Failure(t *testing.T) {
+	m, _ := trackedManager(t, 1, time.Now())
+	m.Logger = zap.NewNop()
+	m.store = storage.Dir(t.TempDir())
+	ctx := context.Background()
+	m.failed(ctx, EventObtainFailed, "2001:db8::1", ECDSAP256, renew.State{}, rateLimited, time.Time{}, time.Time{})
+	rep, err := m.Status(ctx, StatusQuery{Failing: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Certificates) != 1 || rep.Certificates[0].Name != "2001:db8::1" {
+		t.Fatalf("listed %+v", rep.Certificates)
+	}
+	if rep, err := m.Status(ctx, StatusQuery{Name: "2001:db8::1"}); err != nil || rep.Total != 1 {
+		t.Errorf("by its name: %v %v", rep, err)
+	}
+	states, err := m.listFailures(ctx)
+	if _, ok := states[trackKey{name: "2001:db8::1", kt: indexOf(ECDSAP256)}]; !ok || err != nil {
+		t.Errorf("RetryAll's list: %v %v", states, err)
 	}
 }

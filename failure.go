@@ -93,7 +93,7 @@ func (m *Manager) forgetFailing(name string) {
 // an attempt may start now, or the error that says why not: the breaker
 // (a failure that is no name's), or the name's backoff.
 func (m *Manager) mayAttempt(ctx context.Context, name string, kt KeyType) (renew.State, error) {
-	if err := m.breaker.open(m.now()); err != nil {
+	if err := m.breaker.open(m.now()); err != nil && !isAdminRetry(ctx) {
 		return renew.State{}, err
 	}
 	st, err := m.loadState(ctx, name, kt)
@@ -143,7 +143,7 @@ func (m *Manager) failed(ctx context.Context, kind EventKind, name string, kt Ke
 		return until
 	}
 	st = st.Failed(now, err.Error(), problemType(err), retryAfter)
-	st.ProblemDetail = problemDetail(err)
+	st.Name, st.ProblemDetail = name, problemDetail(err)
 	st.Config = m.config
 	defer m.failureStatus.changed.Add(1)
 	b, merr := json.Marshal(st)
@@ -309,6 +309,14 @@ func (b *breaker) reset() {
 	defer b.mu.Unlock()
 	b.err, b.failures = nil, 0
 }
+
+// adminRetryKey marks the context of an administrator's retry
+// ([Manager.RetryNow]): its attempt goes ahead whatever holds every name
+// back, and asks every CA, skipped or not, without clearing what holds
+// the others back. A success clears it for all.
+type adminRetryKey struct{}
+
+func isAdminRetry(ctx context.Context) bool { return ctx.Value(adminRetryKey{}) != nil }
 
 // isShutdown reports whether an attempt ended because the work it belongs
 // to was called off (Run returning, every waiting handshake gone), which

@@ -128,14 +128,26 @@ func TestFallbackCA(t *testing.T) {
 	if tr := m.tracked("fallback.example.com", ECDSAP256); tr == nil || tr.issuer != 1 {
 		t.Fatalf("tracked %+v, want the second CA's certificate", tr)
 	}
+	// An administrator's retry asks the skipped CA too, and leaves it
+	// skipped for everyone else when it still fails.
+	if err := m.RetryNow(ctx, "fallback2.example.com"); err != nil {
+		t.Fatalf("an admin's retry: %v", err)
+	}
+	if n := first.refused.Load(); n == refused {
+		t.Error("an admin's retry did not ask the skipped CA")
+	}
+	if m.issuers[0].down.open(m.now()) == nil {
+		t.Error("an admin's retry of one name cleared the skip of a CA that still fails")
+	}
+	refused = first.refused.Load()
 
 	// The first CA recovers; the renewals, due later, go back to it,
 	// without "replaces", which names the second CA's certificates.
 	first.on.Store(false)
-	before := len(e.ca.Orders())
+	before, renewed := len(e.ca.Orders()), len(evs.of(EventRenewed))
 	runManager(t, m)
 	clock.Add(80 * 24 * time.Hour)
-	waitFor(t, "both renewals", func() bool { return len(evs.of(EventRenewed)) == 2 })
+	waitFor(t, "both renewals", func() bool { return len(evs.of(EventRenewed)) == renewed+2 })
 	orders := e.ca.Orders()[before:]
 	if len(orders) != 2 || orders[0].Replaces != "" || orders[1].Replaces != "" {
 		t.Errorf("orders at the first CA for the renewals: %+v, want two without replaces", orders)
@@ -151,8 +163,8 @@ func TestFallbackCA(t *testing.T) {
 			t.Errorf("the first CA's renewed certificate: %v", err)
 		}
 	}
-	if n := len(second.Orders()); n != 2 {
-		t.Errorf("the second CA has %d orders after the renewals, want 2", n)
+	if n := len(second.Orders()); n != 3 {
+		t.Errorf("the second CA has %d orders after the renewals, want 3 (two, and the admin's retry)", n)
 	}
 
 	// A Manager no longer configured with the CA that issued a stored

@@ -151,7 +151,7 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 	var failures []string
 	last := len(m.issuers) - 1
 	for _, is := range m.issuers {
-		if is.index < last {
+		if is.index < last && !isAdminRetry(ctx) {
 			if err := is.down.open(m.now()); err != nil {
 				failures = append(failures, fmt.Sprintf("%s skipped: %v", is.url, err))
 				continue

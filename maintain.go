@@ -5,12 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io/fs"
 	"math"
 	"math/big"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -503,7 +500,10 @@ func (m *Manager) reschedule(t *tracked, set func(*tracked)) {
 
 // RetryNow clears the backoff of name's certificates and tries at once:
 // a renewal for a certificate the Manager holds, a first issuance for one
-// it could not obtain. It returns the attempt's error. A name the Manager
+// it could not obtain. The attempt goes ahead even while a failure that
+// is no name's (the CA down) holds every name back, and asks the fallback
+// CAs skipped meanwhile; what holds the others back is cleared only if it
+// succeeds. It returns the attempt's error. A name the Manager
 // neither holds, nor failed to obtain, nor may serve (managed, or allowed
 // by the on-demand policy) is refused with [ErrNotManaged], and nothing
 // is ordered.
@@ -534,11 +534,8 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 		}
 	}
 	m.forgetFailing(name)
-	m.breaker.reset()
 	defer m.failureStatus.changed.Add(1)
-	for _, is := range m.issuers {
-		is.down.reset()
-	}
+	ctx = context.WithValue(ctx, adminRetryKey{}, true)
 	var errs []error
 	for i, kt := range kts {
 		if st := states[i]; st.Failures > 0 {
@@ -566,22 +563,16 @@ func (m *Manager) RetryAll(ctx context.Context) error {
 	if err := m.init(); err != nil {
 		return err
 	}
-	keys, err := m.store.List(ctx, storage.StatesDir, false)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("acmetls: listing renewal states: %w", err)
+	states, err := m.listFailures(ctx)
+	if err != nil {
+		return err
 	}
-	seen := make(map[string]bool)
+	seen := make(map[string]bool, len(states))
 	var names []string
-	for _, k := range keys {
-		if name := k[strings.LastIndexByte(k, '/')+1:]; !seen[name] {
-			seen[name] = true
-			names = append(names, name)
-		}
-	}
-	for _, name := range m.unsaved.stateNames() {
-		if !seen[name] {
-			seen[name] = true
-			names = append(names, name)
+	for key := range states {
+		if !seen[key.name] {
+			seen[key.name] = true
+			names = append(names, key.name)
 		}
 	}
 	return m.forEach(names, m.renewConcurrency(), func(name string) error { return m.RetryNow(ctx, name) })

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/acmetls/acmetls/renew"
 	"github.com/acmetls/acmetls/storage"
 )
@@ -441,40 +443,62 @@ func (m *Manager) failureStates(ctx context.Context) (map[trackKey]renew.State, 
 	if f.states != nil && f.gen == gen && now.Sub(f.at) < statesTTL && !now.Before(f.at) {
 		return f.states, f.at, nil
 	}
-	keys, err := m.store.List(ctx, storage.StatesDir, false)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return f.states, f.at, fmt.Errorf("acmetls: listing renewal states: %w", err)
-	}
-	names := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		names[k[strings.LastIndexByte(k, '/')+1:]] = true
-	}
-	for _, name := range m.unsaved.stateNames() {
-		names[name] = true
-	}
-	list := make([]string, 0, len(names))
-	for name := range names {
-		list = append(list, name)
-	}
-	var mu sync.Mutex
-	states := make(map[trackKey]renew.State)
-	err = m.forEach(list, 8, func(name string) error {
-		for _, kt := range m.keyTypes() {
-			st, err := m.loadState(ctx, name, kt)
-			if err != nil {
-				return err
-			}
-			if st.Failures > 0 {
-				mu.Lock()
-				states[trackKey{name: name, kt: indexOf(kt)}] = st
-				mu.Unlock()
-			}
-		}
-		return nil
-	})
+	states, err := m.listFailures(ctx)
 	if err != nil {
 		return f.states, f.at, err
 	}
 	f.states, f.at, f.gen = states, now, gen
 	return states, now, nil
+}
+
+// listFailures reads the renewal state of every certificate whose last
+// attempt failed, by name and key type, from storage and from the states
+// storage refused to take.
+func (m *Manager) listFailures(ctx context.Context) (map[trackKey]renew.State, error) {
+	keys, err := m.store.List(ctx, storage.StatesDir, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("acmetls: listing renewal states: %w", err)
+	}
+	// A state's directory is its name made safe for a storage key
+	// (storage.Safe), which reads as itself: loadState finds it again.
+	segments := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		segments[k[strings.LastIndexByte(k, '/')+1:]] = true
+	}
+	for _, name := range m.unsaved.stateNames() {
+		segments[name] = true
+	}
+	list := make([]string, 0, len(segments))
+	for seg := range segments {
+		list = append(list, seg)
+	}
+	var mu sync.Mutex
+	states := make(map[trackKey]renew.State)
+	err = m.forEach(list, 8, func(seg string) error {
+		for _, kt := range m.keyTypes() {
+			st, err := m.loadState(ctx, seg, kt)
+			if err != nil {
+				return err
+			}
+			if st.Failures == 0 {
+				continue // none, cleared, or recorded under another configuration
+			}
+			name := st.Name
+			if name == "" {
+				name = seg // recorded before states held their name
+			}
+			if _, err := normalizeIdentifier(name); err != nil {
+				m.logger().Named("renew").Warn("a renewal state of no name; ignored", zap.String("key", storage.StateKey(seg, string(kt))))
+				continue
+			}
+			mu.Lock()
+			states[trackKey{name: name, kt: indexOf(kt)}] = st
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return states, nil
 }

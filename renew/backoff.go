@@ -26,6 +26,9 @@ func Backoff(failures int) time.Duration {
 // again. It is kept in storage, so a restarted process, or another process
 // sharing the storage, keeps the schedule.
 type State struct {
+	// Name is the name the state is of: its storage key holds it in a
+	// form that cannot always be read back (an IPv6 address, say).
+	Name        string    `json:"name,omitempty"`
 	Failures    int       `json:"failures"`
 	LastAttempt time.Time `json:"last_attempt"`
 	NextAttempt time.Time `json:"next_attempt"`
