@@ -36,8 +36,8 @@ type AdminAuth struct {
 func (a AdminAuth) admits(r *http.Request) bool {
 	if a.Token != "" {
 		var got string
-		if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-			got = bearer
+		if scheme, credentials, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+			got = strings.TrimSpace(credentials)
 		} else if _, password, ok := r.BasicAuth(); ok {
 			got = password
 		}
@@ -116,6 +116,7 @@ func (a *admin) list(w http.ResponseWriter, r *http.Request) {
 	a.report(w, r, q)
 }
 
+// one lists one name's certificates; 404 if it has none.
 func (a *admin) one(w http.ResponseWriter, r *http.Request) {
 	a.report(w, r, StatusQuery{Name: r.PathValue("name"), Limit: MaxStatusLimit})
 }
@@ -131,12 +132,28 @@ func (a *admin) report(w http.ResponseWriter, r *http.Request, q StatusQuery) {
 		writeJSONError(w, code, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, rep)
+	code := http.StatusOK
+	if q.Name != "" && rep.Total == 0 {
+		code = http.StatusNotFound
+	}
+	writeJSON(w, code, rep)
 }
 
 // statusQuery reads a StatusQuery from the API's query parameters.
 func statusQuery(v url.Values) (StatusQuery, error) {
-	q := StatusQuery{Name: v.Get("name"), Failing: isTrue(v.Get("failing")), Due: isTrue(v.Get("due"))}
+	q := StatusQuery{Name: v.Get("name")}
+	for _, p := range []struct {
+		key string
+		to  *bool
+	}{{"failing", &q.Failing}, {"due", &q.Due}} {
+		if s := v.Get(p.key); s != "" {
+			b, err := strconv.ParseBool(s)
+			if err != nil {
+				return q, errors.New(p.key + ": 1, true, 0 or false")
+			}
+			*p.to = b
+		}
+	}
 	if s := v.Get("expiring"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil || d <= 0 {
@@ -159,13 +176,16 @@ func statusQuery(v url.Values) (StatusQuery, error) {
 	return q, nil
 }
 
-func isTrue(s string) bool { b, _ := strconv.ParseBool(s); return b }
-
 // retry retries one name, and answers once the attempt is done: JSON, or
 // for a browser's form a redirect to the page, which then shows the
 // outcome.
 func (a *admin) retry(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	name := r.FormValue("name")
+	if name == "" {
+		writeJSONError(w, http.StatusBadRequest, errors.New("name: the name to retry, as a form or query value"))
+		return
+	}
 	normalized, err := normalizeIdentifier(name)
 	if err != nil {
 		writeJSONError(w, http.StatusBadRequest, err)
@@ -179,11 +199,13 @@ func (a *admin) retry(w http.ResponseWriter, r *http.Request) {
 	})
 	a.m.logger().Named("admin").Info("retry", zapName(normalized), zap.Bool("ok", err == nil), zapErr(err))
 	if fromForm(r) {
-		msg := "retried " + normalized + ": done"
+		// The page says what happened from these values alone: a link
+		// cannot put words of its own on it.
+		result := "done"
 		if err != nil {
-			msg = "retried " + normalized + ": " + err.Error()
+			result = "failed"
 		}
-		redirectToPage(w, "./", msg)
+		redirectToPage(w, url.Values{"retried": {normalized}, "result": {result}})
 		return
 	}
 	res := struct {
@@ -212,7 +234,7 @@ func (a *admin) retryAll(w http.ResponseWriter, r *http.Request) {
 		msg = "a retry of every failing name is running already"
 	}
 	if fromForm(r) {
-		redirectToPage(w, "./", msg)
+		redirectToPage(w, url.Values{"retried-all": {strconv.FormatBool(started)}})
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]any{"started": started, "message": msg})
@@ -225,11 +247,11 @@ func fromForm(r *http.Request) bool {
 		strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
-// redirectToPage sends the browser back to the page, relative to where
-// the handler is mounted (rel is the page from the request's path), with
-// msg shown at its top.
-func redirectToPage(w http.ResponseWriter, rel, msg string) {
-	w.Header().Set("Location", rel+"?msg="+url.QueryEscape(msg))
+// redirectToPage sends the browser back to the page (relative to where
+// the handler is mounted: the POSTs are its siblings), with v saying what
+// happened.
+func redirectToPage(w http.ResponseWriter, v url.Values) {
+	w.Header().Set("Location", "./?"+v.Encode())
 	w.WriteHeader(http.StatusSeeOther)
 }
 
@@ -253,14 +275,28 @@ var adminPage = template.Must(template.New("admin").Funcs(template.FuncMap{
 		if t.IsZero() {
 			return ""
 		}
-		d := t.Sub(now).Round(time.Second)
-		rel := "in " + d.String()
+		d := t.Sub(now)
+		rel := "in " + roughly(d)
 		if d < 0 {
-			rel = (-d).String() + " ago"
+			rel = roughly(-d) + " ago"
 		}
-		return t.UTC().Format("2006-01-02 15:04:05Z") + " (" + rel + ")"
+		return t.UTC().Format("2006-01-02 15:04Z") + " (" + rel + ")"
 	},
 }).Parse(adminPageSource))
+
+// roughly says d as people do: days past two days, hours and minutes
+// below, seconds under a minute.
+func roughly(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return strconv.Itoa(int(d/(24*time.Hour))) + " days"
+	case d >= time.Hour:
+		return strconv.Itoa(int(d/time.Hour)) + " h " + strconv.Itoa(int(d%time.Hour/time.Minute)) + " min"
+	case d >= time.Minute:
+		return strconv.Itoa(int(d/time.Minute)) + " min"
+	}
+	return strconv.Itoa(int(d/time.Second)) + " s"
+}
 
 // pageFilters are the page's filters, by their ?filter= value.
 var pageFilters = []struct{ Value, Label string }{
@@ -286,14 +322,40 @@ func (a *admin) page(w http.ResponseWriter, r *http.Request) {
 	}
 	q.Offset, _ = strconv.Atoi(v.Get("offset"))
 	q.Offset = max(q.Offset, 0)
+	search := strings.TrimSpace(v.Get("name"))
+	var searchErr error
+	if search != "" {
+		if q.Name, searchErr = normalizeIdentifier(search); searchErr != nil {
+			q.Name = "" // say so, and show everything
+		}
+	}
 	rep, err := a.m.Status(r.Context(), q)
 	if err != nil {
 		http.Error(w, "acmetls admin: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
+	var message string
+	switch {
+	case searchErr != nil:
+		message = searchErr.Error()
+	case v.Get("retried") != "":
+		// Only a name reaches the page from the link; the row says
+		// the rest.
+		if name, err := normalizeIdentifier(v.Get("retried")); err == nil {
+			message = "Retried " + name + ": done."
+			if v.Get("result") != "done" {
+				message = "Retried " + name + ": it failed again; its row says why."
+			}
+		}
+	case v.Get("retried-all") == "true":
+		message = "Retrying every failing name in the background; reload to follow."
+	case v.Get("retried-all") == "false":
+		message = "A retry of every failing name is running already."
+	}
 	data := struct {
 		*StatusReport
 		Filter   string
+		Search   string
 		Filters  []struct{ Value, Label string }
 		Message  string
 		Prev     int
@@ -304,7 +366,7 @@ func (a *admin) page(w http.ResponseWriter, r *http.Request) {
 		Last     int
 		Retrying bool
 	}{
-		StatusReport: rep, Filter: filter, Filters: pageFilters, Message: v.Get("msg"),
+		StatusReport: rep, Filter: filter, Search: q.Name, Filters: pageFilters, Message: message,
 		Prev: max(q.Offset-pageSize, 0), Next: q.Offset + pageSize,
 		HasPrev: q.Offset > 0, HasNext: q.Offset+pageSize < rep.Total,
 		First: q.Offset + 1, Last: q.Offset + len(rep.Certificates), Retrying: a.retrying.Load(),

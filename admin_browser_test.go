@@ -90,7 +90,7 @@ func TestAdminPageInBrowser(t *testing.T) {
 	if detail != rateLimited.Detail {
 		t.Errorf("the page shows %q, want the CA's detail %q", detail, rateLimited.Detail)
 	}
-	if !strings.Contains(next, "in 1m") {
+	if !strings.HasSuffix(next, "(in 1 min)") {
 		t.Errorf("next attempt shown as %q, want a minute from now", next)
 	}
 	if !strings.HasPrefix(state, "failing (1 failure)") || !strings.Contains(counts, "1 failing") {
@@ -108,11 +108,21 @@ func TestAdminPageInBrowser(t *testing.T) {
 	if n := len(e.ca.Orders()) - orders; n != 1 {
 		t.Errorf("the Retry button placed %d orders at the CA, want 1", n)
 	}
-	if message != "retried "+name+": done" || state != "ok" {
+	if message != "Retried "+name+": done." || state != "ok" {
 		t.Errorf("after Retry: message %q, state %q", message, state)
 	}
 	if serial == "" || serial == fmt.Sprintf("%x", oldSerial) {
 		t.Errorf("after Retry the page shows serial %q, the old one was %x", serial, oldSerial)
+	}
+
+	// Finding one name among many.
+	if err := chromedp.Do(b,
+		chromedp.SendKeys(`#search`, "BLOG.example.com"),
+		chromedp.Submit(`#search`),
+		chromedp.WaitNotPresent(row),
+		chromedp.WaitVisible(`tr[data-name="blog.example.com"]`),
+	); err != nil {
+		t.Fatalf("finding a name: %v", err)
 	}
 
 	// Another site's page posts a form to the admin page, with the

@@ -99,6 +99,7 @@ func TestAdminRequiresCredentials(t *testing.T) {
 		{"bearer", AdminAuth{Token: "s3cret"}, bearer("s3cret"), true},
 		{"basic", AdminAuth{Token: "s3cret"}, basic("anyone", "s3cret"), true},
 		{"hook admits", AdminAuth{Authorize: hook}, func(r *http.Request) { r.Header.Set("X-Test-Admin", "yes") }, true},
+		{"bearer in lower case", AdminAuth{Token: "s3cret"}, func(r *http.Request) { r.Header.Set("Authorization", "bearer s3cret") }, true},
 	} {
 		srv := httptest.NewServer(m.AdminHandler(tc.auth))
 		for _, path := range gets {
@@ -151,8 +152,18 @@ func TestAdminRequiresCredentials(t *testing.T) {
 			t.Errorf("retry of %q: %d, want 400", bad, code)
 		}
 	}
-	if code, _ := adminRequest(t, "GET", srv.URL, "/certificates?expiring=soon", nil, bearer("s3cret")); code != 400 {
-		t.Errorf("a bad filter: %d, want 400", code)
+	for _, q := range []string{"expiring=soon", "failing=yes", "due=maybe", "offset=-1", "limit=x"} {
+		if code, _ := adminRequest(t, "GET", srv.URL, "/certificates?"+q, nil, bearer("s3cret")); code != 400 {
+			t.Errorf("a bad filter %s: %d, want 400", q, code)
+		}
+	}
+	if code, _ := adminRequest(t, "GET", srv.URL, "/certificates/unknown.example.com", nil, bearer("s3cret")); code != 404 {
+		t.Errorf("a name with no certificate: %d, want 404", code)
+	}
+	// A link cannot put words on the page.
+	planted := "Certificate revoked, call this number"
+	if _, page := adminRequest(t, "GET", srv.URL, "/?msg="+url.QueryEscape(planted)+"&retried="+url.QueryEscape(planted), nil, bearer("s3cret")); strings.Contains(page, planted) {
+		t.Error("the page shows text from its link")
 	}
 }
 

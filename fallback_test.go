@@ -139,7 +139,6 @@ func TestFallbackCA(t *testing.T) {
 	if m.issuers[0].down.open(m.now()) == nil {
 		t.Error("an admin's retry of one name cleared the skip of a CA that still fails")
 	}
-	refused = first.refused.Load()
 
 	// The first CA recovers; the renewals, due later, go back to it,
 	// without "replaces", which names the second CA's certificates.
@@ -307,6 +306,17 @@ func TestStatusShowsCAsSkippedAndHeld(t *testing.T) {
 	}
 	srv := httptest.NewServer(m.AdminHandler(AdminAuth{Token: "t"}))
 	defer srv.Close()
+	_, metrics := adminRequest(t, "GET", srv.URL, "/metrics", nil, bearer("t"))
+	families := parseMetrics(t, []byte(metrics))
+	if v := metricValue(t, families, "acmetls_held", nil); v != 1 {
+		t.Errorf("acmetls_held %v, want 1", v)
+	}
+	// The last CA is never skipped: its failure holds everything back.
+	for ca, want := range map[string]float64{e.ca.DirectoryURL: 1, ca2.DirectoryURL: 0} {
+		if v := metricValue(t, families, "acmetls_ca_skipped", map[string]string{"ca": ca}); v != want {
+			t.Errorf("acmetls_ca_skipped{ca=%q} %v, want %v", ca, v, want)
+		}
+	}
 	_, page := adminRequest(t, "GET", srv.URL, "/", nil, bearer("t"))
 	for _, want := range []string{"Every attempt waits until", "The CA " + e.ca.DirectoryURL + " is skipped until", "paused for maintenance"} {
 		if !strings.Contains(page, want) {

@@ -90,6 +90,23 @@ func (s *storedNames) has(h uint64) bool {
 	return ok
 }
 
+// count returns the number of names storage held at the last listing,
+// with those this process stored since; 0 while no listing was taken.
+func (s *storedNames) count() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.loaded.IsZero() {
+		return 0
+	}
+	n := len(s.hashes)
+	for h := range s.added {
+		if _, ok := slices.BinarySearch(s.hashes, h); !ok {
+			n++
+		}
+	}
+	return n
+}
+
 // add records that this process stored a certificate for name.
 func (s *storedNames) add(name string) {
 	h := s.hash(storage.Safe(name))

@@ -118,7 +118,15 @@ func (is *issuer) countOrder(kind int, err error) {
 //     loaded (from storage or the CA), or refused;
 //   - acmetls_cache_names: names held in memory;
 //   - acmetls_staple_age_seconds: a histogram of the age of the OCSP
-//     staples served.
+//     staples served;
+//   - acmetls_held: 1 while a failure that is no name's holds every
+//     attempt back; acmetls_ca_skipped{ca}: 1 while a CA is skipped for
+//     the next (FallbackCAs).
+//
+// The two histograms describe the certificates at the scrape, not events
+// since the start: a bucket's count may go down. Compare them between
+// scrapes as gauges (alert on the count of certificates expiring within a
+// week, say), not with rate().
 //
 // A scrape walks the schedule in memory (a few milliseconds at 100,000
 // names) and reads the failure states as [Manager.Status] does, at most
@@ -142,6 +150,10 @@ var (
 		"Names whose certificates are held in memory.", nil, nil)
 	stapleAgeDesc = prometheus.NewDesc("acmetls_staple_age_seconds",
 		"Age of the OCSP staples served, from their thisUpdate.", nil, nil)
+	heldDesc = prometheus.NewDesc("acmetls_held",
+		"1 while a failure that is no one name's (the CA down, storage failing, a configuration error) holds every attempt back.", nil, nil)
+	skippedDesc = prometheus.NewDesc("acmetls_ca_skipped",
+		"1 while attempts skip this CA, failing for every name, and go to the next.", []string{"ca"}, nil)
 )
 
 var (
@@ -151,7 +163,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{certificatesDesc, expiryDesc, ordersDesc, failuresDesc, handshakesDesc, cacheDesc, stapleAgeDesc} {
+	for _, d := range []*prometheus.Desc{certificatesDesc, expiryDesc, ordersDesc, failuresDesc, handshakesDesc, cacheDesc, stapleAgeDesc, heldDesc, skippedDesc} {
 		ch <- d
 	}
 }
@@ -225,6 +237,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(handshakesDesc, prometheus.CounterValue, float64(m.stats.handshakes[i].load()), l)
 	}
 	ch <- prometheus.MustNewConstMetric(cacheDesc, prometheus.GaugeValue, float64(m.cache.len()))
+	ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, boolValue(m.breaker.hold(now) != nil))
+	for _, is := range m.issuers {
+		ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.GaugeValue, boolValue(len(m.issuers) > 1 && is.down.hold(now) != nil), is.url)
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // histogram is a histogram made at scrape time.

@@ -125,6 +125,11 @@ type StatusReport struct {
 	// CAs are the CAs ordered from, in order, each with the failure
 	// that makes attempts skip it, if any.
 	CAs []CAStatus `json:"cas"`
+	// StoredNames is the number of names storage holds certificates
+	// for, as this process last listed them (it lists them when
+	// handshakes miss); 0 when it has not. After a restart, Status
+	// lists the certificates loaded since, which may be fewer.
+	StoredNames int `json:"stored_names,omitempty"`
 	// Warning, if set, says what the report lacks: the failures, when
 	// storage could not be read.
 	Warning string `json:"warning,omitempty"`
@@ -164,8 +169,12 @@ func (b *breaker) hold(now time.Time) *Hold {
 // of the renewal states, a read of each failing certificate's state
 // (cached for a few seconds), and a pass over the schedule.
 //
-// A frontend of a validation server lists what it holds in memory; the
-// validation server holds every certificate in storage.
+// What a Manager holds is what it was given (ManageSync, ManageGroup)
+// and what it loaded or obtained since it started: after a restart,
+// certificates of on-demand names appear as their first handshakes load
+// them ([StatusReport.StoredNames] counts those in storage). A
+// validation server holds every certificate in storage from its start;
+// a frontend of one, what it loaded.
 func (m *Manager) Status(ctx context.Context, q StatusQuery) (*StatusReport, error) {
 	if err := m.init(); err != nil {
 		return nil, err
@@ -185,7 +194,8 @@ func (m *Manager) Status(ctx context.Context, q StatusQuery) (*StatusReport, err
 	states, statesAt, statesErr := m.failureStates(ctx)
 	now := m.now()
 	rows, counts := m.statusRows(states, q, now)
-	r := &StatusReport{Counts: counts, Total: len(rows), Offset: q.Offset, Time: now, Held: m.breaker.hold(now)}
+	r := &StatusReport{Counts: counts, Total: len(rows), Offset: q.Offset, Time: now, Held: m.breaker.hold(now),
+		StoredNames: m.names.count()}
 	if statesErr != nil {
 		// The schedule is in memory: list it, and say what is missing.
 		r.Warning = "the failures could not be read from storage: " + statesErr.Error()

@@ -31,6 +31,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/netutil"
 
 	"github.com/acmetls/acmetls"
 	"github.com/acmetls/acmetls/storage"
@@ -134,11 +135,21 @@ func parse(args []string, out io.Writer) (*config, error) {
 		return nil, errors.New("-validator and -validation-server need the fleet's token: -fleet-token or $ACMETLS_FLEET_TOKEN")
 	case c.adminAddr != "" && c.adminToken == "":
 		return nil, errors.New("-admin-addr needs a token: -admin-token or $ACMETLS_ADMIN_TOKEN")
+	case c.adminAddr != "" && len(c.adminToken) < minAdminToken:
+		return nil, fmt.Errorf("-admin-token: %d characters; give at least %d (openssl rand -hex 16)", len(c.adminToken), minAdminToken)
 	case c.adminAddr != "" && !isLoopback(c.adminAddr):
 		return nil, fmt.Errorf("-admin-addr %q: give a loopback address such as 127.0.0.1:8081; reach it from elsewhere through a proxy with TLS", c.adminAddr)
 	}
 	return c, nil
 }
+
+// minAdminToken is the shortest admin token accepted: one a local user
+// cannot guess.
+const minAdminToken = 16
+
+// adminConns bounds the admin address's connections, so that local
+// clients cannot take the process's file descriptors through it.
+const adminConns = 32
 
 // isLoopback reports whether addr (host:port) listens on loopback only.
 func isLoopback(addr string) bool {
@@ -275,9 +286,12 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(httpAddr,
 		admin := &http.Server{
 			Handler:           m.AdminHandler(acmetls.AdminAuth{Token: c.adminToken}),
 			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second, // a retry's answer may take minutes: no write timeout
+			IdleTimeout:       time.Minute,
+			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          zap.NewStdLog(logger.Named("admin")),
 		}
-		go admin.Serve(adminLn)
+		go admin.Serve(netutil.LimitListener(adminLn, adminConns))
 		defer admin.Close()
 		logger.Info("admin page", zap.Stringer("addr", adminLn.Addr()))
 	}

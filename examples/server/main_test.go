@@ -85,7 +85,7 @@ func TestServerWithOutsideClients(t *testing.T) {
 			"-storage", filepath.Join(dir, "storage"), "-root", filepath.Join(dir, "www"),
 			"-http-addr", "127.0.0.1:" + strconv.Itoa(httpPort), "-https-addr", "127.0.0.1:" + strconv.Itoa(httpsPort),
 			"-ask", ask.URL + "/check",
-			"-admin-addr", "127.0.0.1:" + strconv.Itoa(adminPort), "-admin-token", "admin-secret",
+			"-admin-addr", "127.0.0.1:" + strconv.Itoa(adminPort), "-admin-token", "admin-secret-0123456789",
 			"-log-level", "warn",
 			"site.example.com",
 		}, &logs, nil)
@@ -183,13 +183,13 @@ func TestServerWithOutsideClients(t *testing.T) {
 	if got := curl("--write-out", "%{http_code}", "--output", "/dev/null", admin+"/certificates"); got != "401" {
 		t.Errorf("the admin API without the token: %s", got)
 	}
-	if got := curl("--user", "sre:admin-secret", admin+"/certificates/"+name); !strings.Contains(got, `"serial"`) || !strings.Contains(got, `"name": "`+name+`"`) {
+	if got := curl("--user", "sre:admin-secret-0123456789", admin+"/certificates/"+name); !strings.Contains(got, `"serial"`) || !strings.Contains(got, `"name": "`+name+`"`) {
 		t.Errorf("the admin API with the token:\n%s", got)
 	}
 	// Two for site.example.com, one or two for customer.example.com
 	// (its second key type comes in the background).
 	orders := regexp.MustCompile(`(?m)^acmetls_orders_total\{ca="` + regexp.QuoteMeta(ca.DirectoryURL) + `",kind="obtain",result="success"\} [34]$`)
-	if got := curl("-H", "Authorization: Bearer admin-secret", admin+"/metrics"); !orders.MatchString(got) {
+	if got := curl("-H", "Authorization: Bearer admin-secret-0123456789", admin+"/metrics"); !orders.MatchString(got) {
 		t.Errorf("metrics: not 3 or 4 successful orders:\n%s", got)
 	}
 
@@ -233,8 +233,9 @@ func TestServerFlags(t *testing.T) {
 		{[]string{"-root", ".", "-validator", "http://v", "-validation-server", "-fleet-token", "t", "a.example.com"}, "not both"},
 		{[]string{"-root", ".", "-validation-server", "-fleet-token", "", "a.example.com"}, "token"},
 		{[]string{"-root", ".", "-admin-addr", "127.0.0.1:0", "-admin-token", "", "a.example.com"}, "-admin-token"},
-		{[]string{"-root", ".", "-admin-addr", ":8081", "-admin-token", "t", "a.example.com"}, "loopback"},
-		{[]string{"-root", ".", "-admin-addr", "192.0.2.1:8081", "-admin-token", "t", "a.example.com"}, "loopback"},
+		{[]string{"-root", ".", "-admin-addr", "127.0.0.1:0", "-admin-token", "short", "a.example.com"}, "at least 16"},
+		{[]string{"-root", ".", "-admin-addr", ":8081", "-admin-token", "a-token-long-enough", "a.example.com"}, "loopback"},
+		{[]string{"-root", ".", "-admin-addr", "192.0.2.1:8081", "-admin-token", "a-token-long-enough", "a.example.com"}, "loopback"},
 	} {
 		err := run(context.Background(), tc.args, &out, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
