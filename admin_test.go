@@ -182,6 +182,9 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 			return fmt.Errorf("%s: not a customer", name)
 		}}
 	})
+	// Handshakes served from memory are counted once a collector exists.
+	srv := httptest.NewServer(m.AdminHandler(AdminAuth{Token: "s3cret"}))
+	defer srv.Close()
 	ctx := context.Background()
 	if err := m.ManageSync(ctx, "a.example.com", "b.example.com"); err != nil {
 		t.Fatal(err)
@@ -202,8 +205,6 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		t.Fatal("served while the CA refuses orders")
 	}
 
-	srv := httptest.NewServer(m.AdminHandler(AdminAuth{Token: "s3cret"}))
-	defer srv.Close()
 	code, body := adminRequest(t, "GET", srv.URL, "/metrics", nil, bearer("s3cret"))
 	if code != 200 {
 		t.Fatalf("GET /metrics: %d %s", code, body)

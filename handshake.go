@@ -47,7 +47,9 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 				if m.running.Load() == 0 && m.sched.due.Load() {
 					m.unattended()
 				}
-				m.stats.handshakes[fromMemory].add(hello)
+				if m.stats.on.Load() {
+					m.stats.handshakes[fromMemory].add(hello)
+				}
 				return c, nil
 			}
 		}
