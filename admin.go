@@ -52,16 +52,20 @@ func (a AdminAuth) admits(r *http.Request) bool {
 // and a JSON API. Mount it under a path prefix of its own, with
 // [http.StripPrefix], on a listener administrators alone reach:
 //
-//   - GET / is the status page: the counts by state, failing certificates
-//     first with the CA's words and their next attempt, then those
-//     expiring soonest; a Retry button per certificate and a Retry-all
-//     button. It works without JavaScript and loads nothing else.
-//     ?filter=failing|due|expiring and ?offset=N select and page.
+//   - GET / is the status page: the counts by state, what holds every
+//     attempt back, failing certificates first with the CA's words and
+//     their next attempt, then those expiring soonest; a Retry button on
+//     each certificate that is not ok, and a Retry-all button while any
+//     fail. It works without JavaScript and loads nothing else.
+//     ?filter=failing|due|expiring, ?name= and ?offset=N select and page.
 //   - GET /certificates lists as [Manager.Status] does, as JSON:
 //     ?failing=1, ?due=1, ?expiring=168h, ?name=, ?offset=, ?limit=.
 //   - GET /certificates/{name} lists one name's certificates.
 //   - POST /retry with name=<name> (form or query) retries that name at
-//     once, as [Manager.RetryNow], and answers when the attempt is done.
+//     once, as [Manager.RetryNow], and answers when the attempt is done:
+//     {"name", "ok", "error"}, 200 whether the attempt succeeded or not;
+//     a form's POST is sent back to the page. A second retry of the same
+//     name while one runs waits for it.
 //   - POST /retry-all retries every failing name, as [Manager.RetryAll],
 //     in the background; one such run at a time.
 //   - GET /metrics serves [Manager.Collector]'s metrics to Prometheus,

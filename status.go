@@ -174,7 +174,10 @@ func (b *breaker) hold(now time.Time) *Hold {
 // certificates of on-demand names appear as their first handshakes load
 // them ([StatusReport.StoredNames] counts those in storage). A
 // validation server holds every certificate in storage from its start;
-// a frontend of one, what it loaded.
+// a frontend of one, what it loaded. While a failure that is no name's
+// holds every attempt back ([StatusReport.Held]), names waiting for
+// their first certificate are not listed: nothing is recorded against
+// them.
 func (m *Manager) Status(ctx context.Context, q StatusQuery) (*StatusReport, error) {
 	if err := m.init(); err != nil {
 		return nil, err
