@@ -44,10 +44,11 @@ func (r *refusingOrders) intercept(w http.ResponseWriter, req *http.Request) boo
 	return true
 }
 
-// newSecondCA starts another Pebble that validates e's names.
-func newSecondCA(t *testing.T, e *env) *acmetest.CA {
+// newSecondCA starts another Pebble, with opts, that validates e's names.
+func newSecondCA(t *testing.T, e *env, opts acmetest.Options) *acmetest.CA {
 	t.Helper()
-	ca, err := acmetest.New(acmetest.Options{HTTPPort: e.httpPort, TLSPort: e.tlsPort})
+	opts.HTTPPort, opts.TLSPort = e.httpPort, e.tlsPort
+	ca, err := acmetest.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +78,7 @@ func TestFallbackCA(t *testing.T) {
 	t.Parallel()
 	var first refusingOrders
 	e := newEnv(t, acmetest.Options{Intercept: first.intercept})
-	second := newSecondCA(t, e)
+	second := newSecondCA(t, e, acmetest.Options{})
 	clock := newFakeClock(time.Now())
 	var evs events
 	m := e.manager(func(m *Manager) {
@@ -187,7 +188,7 @@ func TestFallbackCA(t *testing.T) {
 func TestFallbackCANotAfterFailedValidation(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, acmetest.Options{NoAuthzReuse: true})
-	second := newSecondCA(t, e)
+	second := newSecondCA(t, e, acmetest.Options{})
 	var evs events
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
@@ -220,11 +221,7 @@ func TestFallbackCAAllFailing(t *testing.T) {
 	t.Parallel()
 	var first, second refusingOrders
 	e := newEnv(t, acmetest.Options{Intercept: first.intercept})
-	ca2, err := acmetest.New(acmetest.Options{HTTPPort: e.httpPort, TLSPort: e.tlsPort, Intercept: second.intercept})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ca2.Close)
+	ca2 := newSecondCA(t, e, acmetest.Options{Intercept: second.intercept})
 	var evs events
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
@@ -233,7 +230,7 @@ func TestFallbackCAAllFailing(t *testing.T) {
 	})
 	first.on.Store(true)
 	second.on.Store(true)
-	err = m.ManageSync(context.Background(), "nowhere.example.com")
+	err := m.ManageSync(context.Background(), "nowhere.example.com")
 	if err == nil {
 		t.Fatal("obtained with both CAs refusing")
 	}
@@ -269,11 +266,7 @@ func TestStatusShowsCAsSkippedAndHeld(t *testing.T) {
 	t.Parallel()
 	var first, second refusingOrders
 	e := newEnv(t, acmetest.Options{Intercept: first.intercept})
-	ca2, err := acmetest.New(acmetest.Options{HTTPPort: e.httpPort, TLSPort: e.tlsPort, Intercept: second.intercept})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ca2.Close)
+	ca2 := newSecondCA(t, e, acmetest.Options{Intercept: second.intercept})
 	m := e.manager(func(m *Manager) {
 		m.KeyTypes = []KeyType{ECDSAP256}
 		m.FallbackCAs = []FallbackCA{{URL: ca2.DirectoryURL}}
