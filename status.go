@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/acmetls/acmetls/internal/inflight"
 	"github.com/acmetls/acmetls/renew"
 	"github.com/acmetls/acmetls/storage"
 )
@@ -433,34 +434,53 @@ const statesTTL = 10 * time.Second
 
 // failureStates holds the renewal states last read from storage.
 type failureStates struct {
-	mu     sync.Mutex // guards the fields below; held while reading
+	mu     sync.Mutex // guards the fields below, never held while reading
 	at     time.Time
 	gen    uint64
 	states map[trackKey]renew.State
 	// changed counts the failures, successes after failures and
 	// retries of this process: a read older than one is stale.
 	changed atomic.Uint64
+	// reads is the read in flight: callers wait for it, each as long as
+	// its context allows, and a storage that hangs holds none of them
+	// longer than statesReadTimeout.
+	reads inflight.Group[map[trackKey]renew.State]
 }
+
+// statesReadTimeout bounds a read of the failure states.
+const statesReadTimeout = 10 * time.Second
 
 // failureStates returns the renewal state of every certificate whose last
 // attempt failed, by name and key type, and when they were read: from
 // storage (and the states storage refused to take), read again when
 // statesTTL has passed or this process recorded a change. When storage
-// fails, it returns the error with the states last read, if any.
+// fails, or ctx ends first, it returns the error with the states last
+// read, if any.
 func (m *Manager) failureStates(ctx context.Context) (map[trackKey]renew.State, time.Time, error) {
 	f := &m.failureStatus
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	now := m.now()
 	gen := f.changed.Load()
-	if f.states != nil && f.gen == gen && now.Sub(f.at) < statesTTL && !now.Before(f.at) {
-		return f.states, f.at, nil
+	f.mu.Lock()
+	last, at := f.states, f.at
+	fresh := last != nil && f.gen == gen && now.Sub(at) < statesTTL && !now.Before(at)
+	f.mu.Unlock()
+	if fresh {
+		return last, at, nil
 	}
-	states, err := m.listFailures(ctx)
+	states, err := f.reads.Do(ctx, "", func(ctx context.Context) (map[trackKey]renew.State, error) {
+		ctx, cancel := context.WithTimeout(ctx, statesReadTimeout)
+		defer cancel()
+		states, err := m.listFailures(ctx)
+		if err == nil {
+			f.mu.Lock()
+			f.states, f.at, f.gen = states, now, gen
+			f.mu.Unlock()
+		}
+		return states, err
+	})
 	if err != nil {
-		return f.states, f.at, err
+		return last, at, err
 	}
-	f.states, f.at, f.gen = states, now, gen
 	return states, now, nil
 }
 

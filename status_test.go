@@ -235,3 +235,48 @@ func TestStatusWithStorageDown(t *testing.T) {
 		t.Errorf("warning %q", rep.Warning)
 	}
 }
+
+// hangingList is a storage whose listings hang until released.
+type hangingList struct {
+	storage.Storage
+	hang    atomic.Bool
+	release chan struct{}
+}
+
+func (s *hangingList) List(ctx context.Context, prefix string, recursive bool) ([]string, error) {
+	if s.hang.Load() {
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Storage.List(ctx, prefix, recursive)
+}
+
+// A storage that hangs holds a status call no longer than its context,
+// and the others' not at all beyond theirs.
+func TestStatusWithStorageHanging(t *testing.T) {
+	now := time.Now()
+	m := failingManager(t, 20, []int{2}, now)
+	st := &hangingList{Storage: m.store, release: make(chan struct{})}
+	defer close(st.release)
+	m.store = st
+	if _, err := m.Status(context.Background(), StatusQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	st.hang.Store(true)
+	m.clock.(*fakeClock).Add(time.Minute)
+	// One caller waits without a deadline (an admin page whose client
+	// stays); another with one must not wait behind it.
+	go m.Status(context.Background(), StatusQuery{})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	rep, err := m.Status(ctx, StatusQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Counts.Failing != 2 || !strings.Contains(rep.Warning, "deadline") {
+		t.Errorf("with storage hanging: counts %+v, warning %q", rep.Counts, rep.Warning)
+	}
+}
