@@ -251,6 +251,7 @@ func TestFallbackCAConfiguration(t *testing.T) {
 	for _, m := range []*Manager{
 		{CA: "https://a.example/dir", FallbackCAs: []FallbackCA{{URL: "https://a.example/dir"}}},
 		{FallbackCAs: []FallbackCA{{}}},
+		{FallbackCAs: make([]FallbackCA, 17)},
 		{FallbackCAs: []FallbackCA{{URL: "https://b.example/dir"}}, DNSPersist: &DNSPersist{IssuerDomain: "b.example"}},
 	} {
 		m.Storage = &storage.Memory{}

@@ -47,9 +47,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 				if m.running.Load() == 0 && m.sched.due.Load() {
 					m.unattended()
 				}
-				if m.stats.on.Load() {
-					m.stats.handshakes[fromMemory].add(hello)
-				}
+				m.stats.count(fromMemory, hello)
 				return c, nil
 			}
 		}
@@ -57,7 +55,7 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	name, err := normalizeName(sni)
 	if err != nil {
 		if sni == "" || !isIP(sni) || !m.isManaged(sni) {
-			m.stats.handshakes[refused].add(hello)
+			m.stats.count(refused, hello)
 			return nil, err
 		}
 		name = sni // an IP address given to ManageSync
@@ -71,16 +69,16 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	cached := m.cache.lookup(name, true)
 	if cached != nil {
 		if c := cached.choose(hello); c != nil {
-			m.stats.handshakes[fromMemory].add(hello)
+			m.stats.count(fromMemory, hello)
 			return c, nil
 		}
 	}
 	c, err := m.getCertificateSlow(helloContext(hello), hello, name, cached)
 	if err != nil {
-		m.stats.handshakes[refused].add(hello)
+		m.stats.count(refused, hello)
 		return nil, err
 	}
-	m.stats.handshakes[loaded].add(hello)
+	m.stats.count(loaded, hello)
 	return c, nil
 }
 

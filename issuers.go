@@ -55,10 +55,17 @@ type issuer struct {
 	account *acme.Account
 }
 
+// maxFallbackCAs bounds FallbackCAs: a certificate's CA is kept in a
+// byte of its schedule entry.
+const maxFallbackCAs = 16
+
 // setupIssuers makes the Manager's issuers from CA and FallbackCAs.
 func (m *Manager) setupIssuers() error {
 	if len(m.FallbackCAs) > 0 && m.DNSPersist != nil {
 		return errors.New("acmetls: DNSPersist and FallbackCAs cannot be used together: a dns-persist-01 record binds one CA's account")
+	}
+	if len(m.FallbackCAs) > maxFallbackCAs {
+		return fmt.Errorf("acmetls: %d FallbackCAs; at most %d", len(m.FallbackCAs), maxFallbackCAs)
 	}
 	seen := map[string]bool{m.ca(): true}
 	m.issuers = []*issuer{m.newIssuer(0, m.ca(), m.RootCAs, m.ExternalAccount, m.Profile)}

@@ -22,6 +22,14 @@ type stats struct {
 	failures   [len(problemLabels)]atomic.Uint64
 }
 
+// count counts a handshake whose certificate came from source, once a
+// collector exists.
+func (s *stats) count(source int, hello *tls.ClientHelloInfo) {
+	if s.on.Load() {
+		s.handshakes[source].add(hello)
+	}
+}
+
 // Where a handshake's certificate came from.
 const (
 	fromMemory = iota
