@@ -71,14 +71,15 @@ func (a AdminAuth) admits(r *http.Request) bool {
 //   - GET /metrics serves [Manager.Collector]'s metrics to Prometheus,
 //     which sends the token as a bearer token (its scrape config's
 //     authorization). To serve them with the application's own, register
-//     the collector in its registry instead.
+//     the collector in its registry instead. Either way handshakes are
+//     counted from then on (see [Manager.Collector]).
 //
 // Every request must be admitted by auth, or is answered 401. POSTs from
 // another origin (cross-site request forgery, which a browser holding
 // basic credentials would otherwise allow) are refused with 403. No
 // answer holds key material.
 func (m *Manager) AdminHandler(auth AdminAuth) http.Handler {
-	a := &admin{m: m, auth: auth}
+	a := &admin{m: m}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", a.page)
 	mux.HandleFunc("GET /certificates", a.list)
@@ -104,7 +105,6 @@ func (m *Manager) AdminHandler(auth AdminAuth) http.Handler {
 
 type admin struct {
 	m        *Manager
-	auth     AdminAuth
 	retrying atomic.Bool // a RetryAll runs
 }
 
