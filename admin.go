@@ -65,7 +65,9 @@ func (a AdminAuth) admits(r *http.Request) bool {
 //     once, as [Manager.RetryNow], and answers when the attempt is done:
 //     {"name", "ok", "error"}, 200 whether the attempt succeeded or not;
 //     a form's POST is sent back to the page. A second retry of the same
-//     name while one runs waits for it.
+//     name while one runs waits for it. A name whose certificates are
+//     all ok is refused with 409 unless force=1: renewing it spends the
+//     CA's limits for nothing.
 //   - POST /retry-all retries every failing name, as [Manager.RetryAll],
 //     in the background; one such run at a time.
 //   - GET /metrics serves [Manager.Collector]'s metrics to Prometheus,
@@ -95,6 +97,9 @@ func (m *Manager) AdminHandler(auth AdminAuth) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		if !auth.admits(r) {
+			// The connection closes: a client without credentials
+			// holds no connection the server keeps for it.
+			w.Header().Set("Connection", "close")
 			w.Header().Set("WWW-Authenticate", `Basic realm="acmetls", charset="UTF-8"`)
 			http.Error(w, "acmetls admin: credentials required", http.StatusUnauthorized)
 			return
@@ -195,6 +200,14 @@ func (a *admin) retry(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusBadRequest, err)
 		return
 	}
+	if force, _ := strconv.ParseBool(r.FormValue("force")); !force {
+		// A name whose certificates are all ok has nothing to retry:
+		// renewing it anyway spends the CA's limits.
+		if rep, err := a.m.Status(r.Context(), StatusQuery{Name: normalized}); err == nil && rep.Total > 0 && allOK(rep) {
+			writeJSONError(w, http.StatusConflict, errors.New(normalized+": its certificates are ok, nothing to retry; force=1 renews them anyway"))
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), adminRetryTimeout)
 	defer cancel()
 	// A second click while the first runs waits for it: one attempt.
@@ -221,6 +234,16 @@ func (a *admin) retry(w http.ResponseWriter, r *http.Request) {
 		res.Error = err.Error()
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// allOK reports whether every certificate in rep is ok.
+func allOK(rep *StatusReport) bool {
+	for _, c := range rep.Certificates {
+		if c.State != StateOK {
+			return false
+		}
+	}
+	return true
 }
 
 // retryAll starts RetryAll in the background, unless one runs.
@@ -343,12 +366,14 @@ func (a *admin) page(w http.ResponseWriter, r *http.Request) {
 	case searchErr != nil:
 		message = searchErr.Error()
 	case v.Get("retried") != "":
-		// Only a name reaches the page from the link; the row says
-		// the rest.
+		// The message says what the Manager knows of the name now,
+		// not what the link says: a link cannot put words on the page.
 		if name, err := normalizeIdentifier(v.Get("retried")); err == nil {
-			message = "Retried " + name + ": done."
-			if v.Get("result") != "done" {
-				message = "Retried " + name + ": it failed again; its row says why."
+			if one, err := a.m.Status(r.Context(), StatusQuery{Name: name}); err == nil && one.Total > 0 {
+				message = "Retried " + name + ": its certificates are ok now."
+				if !allOK(one) {
+					message = "Retried " + name + ": not every certificate is ok; its rows say why."
+				}
 			}
 		}
 	case v.Get("retried-all") == "true":

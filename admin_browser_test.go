@@ -108,7 +108,7 @@ func TestAdminPageInBrowser(t *testing.T) {
 	if n := len(e.ca.Orders()) - orders; n != 1 {
 		t.Errorf("the Retry button placed %d orders at the CA, want 1", n)
 	}
-	if message != "Retried "+name+": done." || state != "ok" {
+	if message != "Retried "+name+": its certificates are ok now." || state != "ok" {
 		t.Errorf("after Retry: message %q, state %q", message, state)
 	}
 	if serial == "" || serial == fmt.Sprintf("%x", oldSerial) {

@@ -52,8 +52,8 @@ func adminRequest(t *testing.T, method, base, path string, form url.Values, auth
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "" {
-		t.Errorf("%s %s: 401 without WWW-Authenticate", method, path)
+	if resp.StatusCode == http.StatusUnauthorized && (resp.Header.Get("WWW-Authenticate") == "" || !resp.Close) {
+		t.Errorf("%s %s: 401 without WWW-Authenticate, or keeping the connection", method, path)
 	}
 	return resp.StatusCode, string(b)
 }
@@ -135,7 +135,16 @@ func TestAdminRequiresCredentials(t *testing.T) {
 	if n := len(e.ca.Orders()); n != orders {
 		t.Fatalf("%d orders placed by requests that were refused", n-orders)
 	}
-	// Admitted, the retry places one order, and answers when it is done.
+	// Admitted, a retry of a name whose certificates are ok is refused:
+	// it would spend the CA's limits for nothing.
+	if code, body := adminRequest(t, "POST", srv.URL, "/retry", retry, bearer("s3cret")); code != http.StatusConflict {
+		t.Errorf("a retry of a healthy name: %d %s, want 409", code, body)
+	}
+	if n := len(e.ca.Orders()); n != orders {
+		t.Fatalf("%d orders placed by a refused retry", n-orders)
+	}
+	// Forced, the retry places one order, and answers when it is done.
+	retry.Set("force", "1")
 	code, body := adminRequest(t, "POST", srv.URL, "/retry", retry, bearer("s3cret"))
 	var res struct {
 		Name string
@@ -161,9 +170,13 @@ func TestAdminRequiresCredentials(t *testing.T) {
 		t.Errorf("a name with no certificate: %d, want 404", code)
 	}
 	// A link cannot put words on the page.
-	planted := "Certificate revoked, call this number"
-	if _, page := adminRequest(t, "GET", srv.URL, "/?msg="+url.QueryEscape(planted)+"&retried="+url.QueryEscape(planted), nil, bearer("s3cret")); strings.Contains(page, planted) {
-		t.Error("the page shows text from its link")
+	for _, planted := range []string{"Certificate revoked, call this number", "your-token-leaked.example.com"} {
+		if _, page := adminRequest(t, "GET", srv.URL, "/?msg="+url.QueryEscape(planted)+"&retried="+url.QueryEscape(planted), nil, bearer("s3cret")); strings.Contains(page, planted) {
+			t.Errorf("the page shows %q from its link", planted)
+		}
+	}
+	if _, page := adminRequest(t, "GET", srv.URL, "/?retried=admin.example.com&result=failed", nil, bearer("s3cret")); !strings.Contains(page, "Retried admin.example.com: its certificates are ok now.") {
+		t.Error("the page does not say what it knows of a retried name")
 	}
 }
 
@@ -393,5 +406,38 @@ func TestStatusOfAnIPv6Failure(t *testing.T) {
 	states, err := m.listFailures(ctx)
 	if _, ok := states[trackKey{name: "2001:db8::1", kt: indexOf(ECDSAP256)}]; !ok || err != nil {
 		t.Errorf("RetryAll's list: %v %v", states, err)
+	}
+}
+
+// An administrator's retry that fails again does not lengthen the
+// backoff, nor may it order a wildcard no solver can validate.
+func TestAdminRetryFailingAgain(t *testing.T) {
+	t.Parallel()
+	ca := refusingOrders{rateLimit: true}
+	e := newEnv(t, acmetest.Options{Intercept: ca.intercept})
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.OnDemand = &OnDemand{Decision: func(context.Context, string) error { return nil }}
+	})
+	ctx := context.Background()
+	ca.on.Store(true)
+	if err := m.ManageSync(ctx, "limited.example.com"); err == nil {
+		t.Fatal("obtained past the rate limit")
+	}
+	for range 3 {
+		if err := m.RetryNow(ctx, "limited.example.com"); err == nil {
+			t.Fatal("retried past the rate limit")
+		}
+	}
+	st, err := m.loadState(ctx, "limited.example.com", ECDSAP256)
+	if err != nil || st.Failures != 1 || st.NextAttempt.Sub(st.LastAttempt) != renew.Backoff(1) {
+		t.Errorf("after three failed retries: %+v %v, want still the first step of the backoff", st, err)
+	}
+	refused := ca.refused.Load()
+	if err := m.RetryNow(ctx, "*.example.com"); err == nil || !strings.Contains(err.Error(), "dns-01") {
+		t.Errorf("a wildcard without a DNS solver: %v", err)
+	}
+	if ca.refused.Load() != refused {
+		t.Error("a wildcard no solver can validate was ordered")
 	}
 }

@@ -142,6 +142,12 @@ func (m *Manager) failed(ctx context.Context, kind EventKind, name string, kt Ke
 		m.emit(Event{Kind: kind, ServerName: name, KeyType: kt, NotAfter: notAfter, NextAttempt: until, Err: err})
 		return until
 	}
+	if isAdminRetry(ctx) && st.Failures > 0 {
+		// An administrator's retry that fails again does not lengthen
+		// the wait: once the cause is fixed, the next attempt comes as
+		// soon as it would have.
+		st.Failures--
+	}
 	st = st.Failed(now, err.Error(), problemType(err), retryAfter)
 	st.Name, st.ProblemDetail = name, problemDetail(err)
 	st.Config = m.config

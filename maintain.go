@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"math/big"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -514,6 +516,9 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	name, err := normalizeIdentifier(name)
 	if err != nil {
 		return err
+	}
+	if strings.HasPrefix(name, "*.") && m.DNS01 == nil && m.DNSPersist == nil {
+		return fmt.Errorf("acmetls: %q: a wildcard is validated by dns-01 or dns-persist-01 only; set Manager.DNS01 or Manager.DNSPersist", name)
 	}
 	kts := m.keyTypes()
 	states := make([]renew.State, len(kts))

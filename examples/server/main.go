@@ -135,7 +135,7 @@ func parse(args []string, out io.Writer) (*config, error) {
 		return nil, errors.New("-validator and -validation-server need the fleet's token: -fleet-token or $ACMETLS_FLEET_TOKEN")
 	case c.adminAddr != "" && c.adminToken == "":
 		return nil, errors.New("-admin-addr needs a token: -admin-token or $ACMETLS_ADMIN_TOKEN")
-	case c.adminAddr != "" && len(c.adminToken) < minAdminToken:
+	case c.adminAddr != "" && len(strings.TrimSpace(c.adminToken)) < minAdminToken:
 		return nil, fmt.Errorf("-admin-token: %d characters; give at least %d (openssl rand -hex 16)", len(c.adminToken), minAdminToken)
 	case c.adminAddr != "" && !isLoopback(c.adminAddr):
 		return nil, fmt.Errorf("-admin-addr %q: give a loopback address such as 127.0.0.1:8081; reach it from elsewhere through a proxy with TLS", c.adminAddr)

@@ -234,6 +234,7 @@ func TestServerFlags(t *testing.T) {
 		{[]string{"-root", ".", "-validation-server", "-fleet-token", "", "a.example.com"}, "token"},
 		{[]string{"-root", ".", "-admin-addr", "127.0.0.1:0", "-admin-token", "", "a.example.com"}, "-admin-token"},
 		{[]string{"-root", ".", "-admin-addr", "127.0.0.1:0", "-admin-token", "short", "a.example.com"}, "at least 16"},
+		{[]string{"-root", ".", "-admin-addr", "127.0.0.1:0", "-admin-token", strings.Repeat(" ", 20), "a.example.com"}, "at least 16"},
 		{[]string{"-root", ".", "-admin-addr", ":8081", "-admin-token", "a-token-long-enough", "a.example.com"}, "loopback"},
 		{[]string{"-root", ".", "-admin-addr", "192.0.2.1:8081", "-admin-token", "a-token-long-enough", "a.example.com"}, "loopback"},
 	} {
