@@ -443,8 +443,8 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 	var errs []error
 	for _, raw := range names {
 		name, err := normalizeIdentifier(raw)
-		if err == nil && strings.HasPrefix(name, "*.") && m.DNS01 == nil && m.DNSPersist == nil {
-			err = fmt.Errorf("acmetls: %q: a wildcard is validated by dns-01 or dns-persist-01 only; set Manager.DNS01 or Manager.DNSPersist", name)
+		if err == nil {
+			err = m.checkValidatable(name)
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -470,6 +470,15 @@ func (m *Manager) ManageSync(ctx context.Context, names ...string) error {
 		return errors.Join(errs...)
 	}))
 	return errors.Join(errs...)
+}
+
+// checkValidatable refuses a wildcard name when no solver can validate
+// it: it needs dns-01 or dns-persist-01.
+func (m *Manager) checkValidatable(name string) error {
+	if strings.HasPrefix(name, "*.") && m.DNS01 == nil && m.DNSPersist == nil {
+		return fmt.Errorf("acmetls: %q: a wildcard is validated by dns-01 or dns-persist-01 only; set Manager.DNS01 or Manager.DNSPersist", name)
+	}
+	return nil
 }
 
 // forEach calls fn for every name from at most workers goroutines, so that

@@ -5,11 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"math"
 	"math/big"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -517,8 +515,8 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if strings.HasPrefix(name, "*.") && m.DNS01 == nil && m.DNSPersist == nil {
-		return fmt.Errorf("acmetls: %q: a wildcard is validated by dns-01 or dns-persist-01 only; set Manager.DNS01 or Manager.DNSPersist", name)
+	if err := m.checkValidatable(name); err != nil {
+		return err
 	}
 	kts := m.keyTypes()
 	states := make([]renew.State, len(kts))
