@@ -407,6 +407,34 @@ func TestStatusOfAnIPv6Failure(t *testing.T) {
 	if _, ok := states[trackKey{name: "2001:db8::1", kt: indexOf(ECDSAP256)}]; !ok || err != nil {
 		t.Errorf("RetryAll's list: %v %v", states, err)
 	}
+	// A name longer than a storage key's segment, cut to its hash.
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 30) + ".example.com"
+	m.failed(ctx, EventObtainFailed, long, ECDSAP256, renew.State{}, rateLimited, time.Time{}, time.Time{})
+	states, err = m.listFailures(ctx)
+	if _, ok := states[trackKey{name: long, kt: indexOf(ECDSAP256)}]; !ok || err != nil {
+		t.Errorf("a failure of a %d-character name is not listed: %v", len(long), err)
+	}
+}
+
+// A retry of a grouped name that is not its group's first retries the
+// group.
+func TestRetryOfAGroupedName(t *testing.T) {
+	t.Parallel()
+	ca := refusingOrders{rateLimit: true}
+	e := newEnv(t, acmetest.Options{Intercept: ca.intercept})
+	m := e.manager(func(m *Manager) { m.KeyTypes = []KeyType{ECDSAP256} })
+	ctx := context.Background()
+	ca.on.Store(true)
+	if err := m.ManageGroup(ctx, "one.group.example.com", "two.group.example.com"); err == nil {
+		t.Fatal("obtained past the rate limit")
+	}
+	refused := ca.refused.Load()
+	if err := m.RetryNow(ctx, "two.group.example.com"); err == nil {
+		t.Error("a retry of the group's second name succeeded past the rate limit")
+	}
+	if ca.refused.Load() == refused {
+		t.Error("a retry of the group's second name placed no order")
+	}
 }
 
 // An administrator's retry that fails again does not lengthen the

@@ -112,7 +112,12 @@ func (m *Manager) mayAttempt(ctx context.Context, name string, kt KeyType) (rene
 // or one recorded under another configuration (another CA, other
 // challenge settings) is the zero state.
 func (m *Manager) loadState(ctx context.Context, name string, kt KeyType) (renew.State, error) {
-	b, err := m.read(ctx, storage.StateKey(name, string(kt)))
+	return m.loadStateKey(ctx, storage.StateKey(name, string(kt)), name)
+}
+
+// loadStateKey is loadState for the state stored at key, of name.
+func (m *Manager) loadStateKey(ctx context.Context, key, name string) (renew.State, error) {
+	b, err := m.read(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
 		return renew.State{}, nil
 	}

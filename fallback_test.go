@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mholt/acmez/v3/acme"
+
 	"github.com/acmetls/acmetls/internal/acmetest"
 	"github.com/acmetls/acmetls/storage"
 )
@@ -316,5 +318,39 @@ func TestStatusShowsCAsSkippedAndHeld(t *testing.T) {
 		if !strings.Contains(page, want) {
 			t.Errorf("the page does not say %q", want)
 		}
+	}
+}
+
+// A name the first CA refuses on its own account (a rate limit) while the
+// second is down: the name's failure, charged to it, not an outage that
+// holds every other name back.
+func TestFallbackCANameFailureThenOutage(t *testing.T) {
+	t.Parallel()
+	first := refusingOrders{rateLimit: true}
+	var second refusingOrders
+	e := newEnv(t, acmetest.Options{Intercept: first.intercept})
+	ca2 := newSecondCA(t, e, acmetest.Options{Intercept: second.intercept})
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.FallbackCAs = []FallbackCA{{URL: ca2.DirectoryURL}}
+	})
+	first.on.Store(true)
+	second.on.Store(true)
+	ctx := context.Background()
+	err := m.ManageSync(ctx, "limited.example.com")
+	if err == nil {
+		t.Fatal("obtained with both CAs refusing")
+	}
+	if problemType(err) != acme.ProblemTypeRateLimited {
+		t.Errorf("the attempt's problem: %q, want the first CA's rate limit: %v", problemType(err), err)
+	}
+	if err := m.breaker.open(m.now()); err != nil {
+		t.Errorf("one name's rate limit held every name back: %v", err)
+	}
+	if st, err := m.loadState(ctx, "limited.example.com", ECDSAP256); err != nil || st.Failures != 1 {
+		t.Errorf("the name's state: %+v %v, want its first failure", st, err)
+	}
+	if m.issuers[0].down.open(m.now()) != nil {
+		t.Error("one name's rate limit made the first CA skipped for everyone")
 	}
 }

@@ -156,6 +156,10 @@ func (m *Manager) httpClient(roots *x509.CertPool) *http.Client {
 // CA again.
 func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *tracked) (*tls.Certificate, *storage.CertRecord, error) {
 	var failures []string
+	// nameErr is the first failure that was the name's own at a CA (a
+	// rate limit, CAA): the attempt is the name's failure even if a
+	// later CA is down, which must not hold every other name back.
+	var nameErr error
 	last := len(m.issuers) - 1
 	for _, is := range m.issuers {
 		if is.index < last && !isAdminRetry(ctx) {
@@ -168,12 +172,14 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 		if old != nil && int(old.issuer) == is.index {
 			replaces = old.ariCert()
 		}
-		c, rec, err := m.obtainFrom(ctx, is, name, kt, replaces)
-		kind := orderObtain
-		if old != nil {
-			kind = orderRenew
+		c, rec, placed, err := m.obtainFrom(ctx, is, name, kt, replaces)
+		if placed && !isShutdown(ctx) {
+			kind := orderObtain
+			if old != nil {
+				kind = orderRenew
+			}
+			is.countOrder(kind, err)
 		}
-		is.countOrder(kind, err)
 		if err == nil {
 			is.down.reset()
 			if len(failures) > 0 {
@@ -183,12 +189,22 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 			return c, rec, nil
 		}
 		if is.index == last || ctx.Err() != nil || !otherCAMayDo(err) {
-			if len(failures) > 0 {
-				err = &fallbackError{ca: is.url, failures: failures, err: err}
+			if len(failures) == 0 {
+				return nil, nil, err
 			}
-			return nil, nil, err
+			decisive := err
+			if nameErr != nil && scopeOf(err) != scopeName {
+				decisive = nameErr
+			}
+			return nil, nil, &fallbackError{failures: append(failures, fmt.Sprintf("%s: %v", is.url, err)), err: decisive}
 		}
-		if sc := scopeOf(err); sc != scopeName {
+		switch sc := scopeOf(err); {
+		case sc == scopeName:
+			if nameErr == nil {
+				nameErr = err
+			}
+		case !errors.As(err, new(*storageError)):
+			// The CA fails for everyone; storage failing is no CA's.
 			is.down.trip(err, sc, m.now(), time.Time{})
 		}
 		m.logger().Named("obtain").Warn("the CA failed; trying the next one",
@@ -202,8 +218,8 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 // with err: not after a validation that failed, which depends on the
 // name's DNS and this server alone.
 func otherCAMayDo(err error) bool {
-	if errors.Is(err, ErrPersistRecord) {
-		return false
+	if errors.Is(err, ErrPersistRecord) || errors.As(err, new(*storageError)) {
+		return false // the name's DNS, or this side's storage
 	}
 	switch problemType(err) {
 	case acme.ProblemTypeConnection, acme.ProblemTypeDNS, acme.ProblemTypeIncorrectResponse,
@@ -214,15 +230,15 @@ func otherCAMayDo(err error) bool {
 }
 
 // fallbackError is the failure of an attempt that went through several
-// CAs: err, the last CA's (ca), decides what the failure is (its scope,
-// its problem type); failures are what the CAs before it said.
+// CAs: failures are what each CA said, in order; err decides what the
+// failure is (its scope, its problem type): the first failure that was
+// the name's own, else the last CA's.
 type fallbackError struct {
-	ca       string
 	failures []string
 	err      error
 }
 
 func (e *fallbackError) Error() string {
-	return e.err.Error() + " (at " + e.ca + "; before it, " + strings.Join(e.failures, "; ") + ")"
+	return "acmetls: no CA issued the certificate: " + strings.Join(e.failures, "; ")
 }
 func (e *fallbackError) Unwrap() error { return e.err }

@@ -515,6 +515,9 @@ func (m *Manager) RetryNow(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if primary := m.primaryOf(name); primary != "" {
+		name = primary // a grouped name's certificate is its group's
+	}
 	if err := m.checkValidatable(name); err != nil {
 		return err
 	}

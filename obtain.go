@@ -243,25 +243,33 @@ func (m *Manager) certFromRecord(ctx context.Context, b []byte, name string, kt 
 // the CA of is; replaces, if not nil, is the certificate it renews (RFC
 // 9773's "replaces"), issued by that CA. If the CA no longer knows the
 // account, a new one is registered and the order placed once more.
-func (m *Manager) obtainFrom(ctx context.Context, is *issuer, name string, kt KeyType, replaces *x509.Certificate) (*tls.Certificate, *storage.CertRecord, error) {
+// placed says whether an order was sent.
+func (m *Manager) obtainFrom(ctx context.Context, is *issuer, name string, kt KeyType, replaces *x509.Certificate) (_ *tls.Certificate, _ *storage.CertRecord, placed bool, _ error) {
 	account, err := m.getAccount(ctx, is)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	if m.DNSPersist != nil {
 		if err := m.checkPersist(ctx, name, account); err != nil {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 	}
 	key, err := newCertKey(kt, account.PrivateKey)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	names := m.namesFor(name, replaces)
 	csr, err := newCSR(key, names, m.MustStaple)
 	if err != nil {
-		return nil, nil, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
+		return nil, nil, false, fmt.Errorf("acmetls: making CSR for %q: %w", name, err)
 	}
+	c, rec, err := m.orderFrom(ctx, is, account, name, kt, names, key, csr, replaces)
+	return c, rec, true, err
+}
+
+// orderFrom is obtainFrom once the request is made: the order, with its
+// retries, and the certificate it gives.
+func (m *Manager) orderFrom(ctx context.Context, is *issuer, account *acme.Account, name string, kt KeyType, names []string, key crypto.Signer, csr *x509.CertificateRequest, replaces *x509.Certificate) (*tls.Certificate, *storage.CertRecord, error) {
 	chains, err := m.order(ctx, is, account, csr, replaces)
 	if isAccountGone(err) {
 		if account, err = m.recoverAccount(ctx, is, name, account, err); err == nil {

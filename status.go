@@ -493,13 +493,15 @@ func (m *Manager) listFailures(ctx context.Context) (map[trackKey]renew.State, e
 		return nil, fmt.Errorf("acmetls: listing renewal states: %w", err)
 	}
 	// A state's directory is its name made safe for a storage key
-	// (storage.Safe), which reads as itself: loadState finds it again.
+	// (storage.Safe), which cannot always be read back, nor made safe
+	// again (a name cut to its hash): the state is read by the
+	// directory, and says its name.
 	segments := make(map[string]bool, len(keys))
 	for _, k := range keys {
 		segments[k[strings.LastIndexByte(k, '/')+1:]] = true
 	}
 	for _, name := range m.unsaved.stateNames() {
-		segments[name] = true
+		segments[storage.Safe(name)] = true
 	}
 	list := make([]string, 0, len(segments))
 	for seg := range segments {
@@ -509,7 +511,7 @@ func (m *Manager) listFailures(ctx context.Context) (map[trackKey]renew.State, e
 	states := make(map[trackKey]renew.State)
 	err = m.forEach(list, 8, func(seg string) error {
 		for _, kt := range m.keyTypes() {
-			st, err := m.loadState(ctx, seg, kt)
+			st, err := m.loadStateKey(ctx, storage.StatesDir+"/"+seg+"/"+storage.Safe(string(kt))+".json", seg)
 			if err != nil {
 				return err
 			}
