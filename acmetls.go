@@ -218,15 +218,17 @@ type Manager struct {
 	clock clock // nil: the wall clock; tests set it
 	// handshakeTimeout overrides handshakeWait; tests set it.
 	handshakeTimeout time.Duration
-	ocspHTTP         *http.Client
-	sched            schedule
-	servedPort       atomic.Int32  // the port of Serve's HTTPS listener
-	noPort80         atomic.Bool   // Serve was given no port-80 listener: no http-01
-	httpDecisions    tokenBucket   // OnDemand.Decision calls for plain HTTP requests
-	tickets          ticketKeys    // session-ticket keys from storage
-	reloads          chan struct{} // reads of what other processes stored, in flight
-	issuanceOnce     sync.Once
-	issuanceHandler  http.Handler // IssuanceToken's, shared by Serve's servers
+	// issuanceTimeout overrides obtainTimeout; tests set it.
+	issuanceTimeout time.Duration
+	ocspHTTP        *http.Client
+	sched           schedule
+	servedPort      atomic.Int32  // the port of Serve's HTTPS listener
+	noPort80        atomic.Bool   // Serve was given no port-80 listener: no http-01
+	httpDecisions   tokenBucket   // OnDemand.Decision calls for plain HTTP requests
+	tickets         ticketKeys    // session-ticket keys from storage
+	reloads         chan struct{} // reads of what other processes stored, in flight
+	issuanceOnce    sync.Once
+	issuanceHandler http.Handler // IssuanceToken's, shared by Serve's servers
 
 	// Maintenance without Run: see unattended.
 	running         atomic.Int32 // Runs running

@@ -354,3 +354,27 @@ func TestFallbackCANameFailureThenOutage(t *testing.T) {
 		t.Error("one name's rate limit made the first CA skipped for everyone")
 	}
 }
+
+// A first CA that hangs leaves the second its share of the time: the
+// certificate comes from the second, and the first is skipped after.
+func TestFallbackCAAfterAHangingCA(t *testing.T) {
+	t.Parallel()
+	e, hanging := newHangingEnv(t, acmetest.Options{}, true)
+	second := newSecondCA(t, e, acmetest.Options{})
+	m := e.manager(func(m *Manager) {
+		m.KeyTypes = []KeyType{ECDSAP256}
+		m.FallbackCAs = []FallbackCA{{URL: second.DirectoryURL}}
+		m.issuanceTimeout = 6 * time.Second
+	})
+	ctx := context.Background()
+	if err := m.ManageSync(ctx, "hung.example.com"); err != nil {
+		t.Fatalf("with the first CA hanging: %v", err)
+	}
+	if got := storedCA(t, e.storage, "hung.example.com", ECDSAP256); got != second.DirectoryURL {
+		t.Errorf("the record names %q, want the second CA", got)
+	}
+	if m.issuers[0].down.open(m.now()) == nil {
+		t.Error("the hanging CA is not skipped after")
+	}
+	hanging.release()
+}

@@ -172,7 +172,14 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 		if old != nil && int(old.issuer) == is.index {
 			replaces = old.ariCert()
 		}
-		c, rec, placed, err := m.obtainFrom(ctx, is, name, kt, replaces)
+		// A CA that hangs leaves the next ones their share of the time.
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if deadline, ok := ctx.Deadline(); ok && is.index < last {
+			cctx, cancel = context.WithTimeout(ctx, time.Until(deadline)/time.Duration(last-is.index+1))
+		}
+		c, rec, placed, err := m.obtainFrom(cctx, is, name, kt, replaces)
+		hung := err != nil && cctx.Err() != nil && ctx.Err() == nil
+		cancel()
 		if placed && !isShutdown(ctx) {
 			kind := orderObtain
 			if old != nil {
@@ -188,7 +195,10 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 			}
 			return c, rec, nil
 		}
-		if is.index == last || ctx.Err() != nil || !otherCAMayDo(err) {
+		if hung {
+			err = fmt.Errorf("acmetls: %s gave no certificate within its share of the time: %w", is.url, err)
+		}
+		if is.index == last || ctx.Err() != nil || !hung && !otherCAMayDo(err) {
 			if len(failures) == 0 {
 				return nil, nil, err
 			}
@@ -199,6 +209,8 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 			return nil, nil, &fallbackError{failures: append(failures, fmt.Sprintf("%s: %v", is.url, err)), err: decisive}
 		}
 		switch sc := scopeOf(err); {
+		case hung:
+			is.down.trip(err, scopeOutage, m.now(), time.Time{})
 		case sc == scopeName:
 			if nameErr == nil {
 				nameErr = err

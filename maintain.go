@@ -412,7 +412,7 @@ func (m *Manager) renew(ctx context.Context, t *tracked, force bool) error {
 		return m.pickUp(ctx, t)
 	}
 	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
+	ctx, cancel := context.WithTimeout(ctx, m.obtainTimeout())
 	defer cancel()
 	kt := t.keyType()
 	// notStarted reports an attempt that could not start: a shutdown is

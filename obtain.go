@@ -30,6 +30,13 @@ import (
 // download.
 const obtainTimeout = 5 * time.Minute
 
+func (m *Manager) obtainTimeout() time.Duration {
+	if m.issuanceTimeout > 0 {
+		return m.issuanceTimeout
+	}
+	return obtainTimeout
+}
+
 // loadOrObtain returns the certificate of name for kt from storage, or
 // obtains it from the CA: in the name's turn, with an order slot, then
 // under the storage lock of the name (see locks.go), storage is read
@@ -42,7 +49,7 @@ const obtainTimeout = 5 * time.Minute
 // to its end, so that a slow CA and impatient clients never make an order
 // per attempt.
 func (m *Manager) loadOrObtain(ctx context.Context, name string, kt KeyType) (*tls.Certificate, error) {
-	ctx, cancel := context.WithTimeout(ctx, obtainTimeout)
+	ctx, cancel := context.WithTimeout(ctx, m.obtainTimeout())
 	defer cancel()
 	if c, err := m.loadCert(ctx, name, kt); c != nil || err != nil {
 		return c, err
