@@ -113,8 +113,12 @@ type admin struct {
 	retrying atomic.Bool // a RetryAll runs
 }
 
-// adminRetryTimeout bounds an administrator's retry of one name.
-const adminRetryTimeout = obtainTimeout
+// adminRetryTimeout bounds an administrator's retry of one name;
+// retryAllTimeout a retry of every failing name.
+const (
+	adminRetryTimeout = obtainTimeout
+	retryAllTimeout   = time.Hour
+)
 
 func (a *admin) list(w http.ResponseWriter, r *http.Request) {
 	q, err := statusQuery(r.URL.Query())
@@ -252,7 +256,11 @@ func (a *admin) retryAll(w http.ResponseWriter, r *http.Request) {
 	if started {
 		go func() {
 			defer a.retrying.Store(false)
-			err := a.m.RetryAll(context.Background())
+			// Bounded, so that a storage that hangs does not leave the
+			// button disabled until a restart.
+			ctx, cancel := context.WithTimeout(context.Background(), retryAllTimeout)
+			defer cancel()
+			err := a.m.RetryAll(ctx)
 			a.m.logger().Named("admin").Info("retry of every failing name done", zapErr(err))
 		}()
 	}
