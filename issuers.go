@@ -208,6 +208,8 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 			}
 			return nil, nil, &fallbackError{failures: append(failures, fmt.Sprintf("%s: %v", is.url, err)), err: decisive}
 		}
+		// Storage failing went no further (otherCAMayDo): what is left
+		// is the name's, or the CA's for everyone.
 		switch sc := scopeOf(err); {
 		case hung:
 			is.down.trip(err, scopeOutage, m.now(), time.Time{})
@@ -215,14 +217,14 @@ func (m *Manager) obtain(ctx context.Context, name string, kt KeyType, old *trac
 			if nameErr == nil {
 				nameErr = err
 			}
-		case !errors.As(err, new(*storageError)):
-			// The CA fails for everyone; storage failing is no CA's.
+		default:
 			is.down.trip(err, sc, m.now(), time.Time{})
 		}
 		m.logger().Named("obtain").Warn("the CA failed; trying the next one",
 			zapName(name), zapKeyType(kt), zap.String("ca", is.url), zap.String("next", m.issuers[is.index+1].url), zapErr(err))
 		failures = append(failures, fmt.Sprintf("%s: %v", is.url, err))
 	}
+	// Not reached: the last CA is never skipped, and returns.
 	return nil, nil, &fallbackError{failures: failures, err: errors.New("acmetls: no CA could be asked")}
 }
 
